@@ -1,0 +1,227 @@
+"""The `ragtune` command: a thin table over the library. Each command's docstring is its --help."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import RagtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt a language model to your documents and tasks, locally.")
+out = Console()
+err = Console(stderr=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+THREADS_OPTION = typer.Option(None, "--threads", help="Torch threads (default: the KB's setting, else torch's).")
+WAIT_OPTION = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish.")
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def init(
+    kb: Path = typer.Argument(..., help="Directory to create."),
+    embedder: str = typer.Option("all-MiniLM-L6-v2", "--embedder", help="Registered embedder or local model dir."),
+    precision: str = typer.Option("fp32", "--precision", help="Embedding precision: fp32 or bf16."),
+    chunk_size: int = typer.Option(200, "--chunk-size", help="Chunk length in embedder tokens."),
+    chunk_overlap: int = typer.Option(32, "--chunk-overlap", help="Tokens shared by consecutive chunks."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Chunks per embedding batch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads to store as the KB default."),
+    max_file_mb: float = typer.Option(512.0, "--max-file-mb", help="Skip larger files (with a reason)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Create a knowledge base: a config file and an SQLite database."""
+    from .config import KBConfig, build
+    from .kb import KnowledgeBase
+
+    config = build(KBConfig, dict(embedder=embedder, precision=precision, chunk_size=chunk_size,
+                                  chunk_overlap=chunk_overlap, batch_size=batch_size, threads=threads,
+                                  max_file_mb=max_file_mb), "ragtune init")
+    with KnowledgeBase.init(kb, config) as base:
+        if as_json:
+            _emit_json(base.stats())
+        else:
+            out.print(f"created knowledge base [bold]{kb}[/] (embedder {embedder}, {chunk_size}-token chunks)")
+
+
+def _options(glob, exclude, text_field, id_field, title_field):
+    from .config import IngestOptions, build
+
+    return build(IngestOptions, {"include": glob or [], "exclude": exclude or [],
+                                 "fields": {"text_field": text_field, "id_field": id_field, "title_field": title_field}},
+                 "ingest options")
+
+
+def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sync: bool):
+    from .ingest.report import print_report, progress_callback
+    from .kb import KnowledgeBase
+
+    with KnowledgeBase.open(kb, threads=threads) as base:
+        with progress_callback(err, enabled=not as_json) as progress:
+            if sync:
+                report = base.sync(paths[0], options, progress=progress, wait=wait)
+            else:
+                report = base.ingest(paths, options, progress=progress, wait=wait)
+        if as_json:
+            _emit_json(report.as_dict())
+        else:
+            print_report(out, report)
+    return report
+
+
+GLOB = typer.Option(None, "--glob", help="Include only files matching (gitignore syntax; repeatable).")
+EXCLUDE = typer.Option(None, "--exclude", help="Exclude files matching (gitignore syntax; repeatable).")
+TEXT_FIELD = typer.Option("text", "--text-field", help="JSON/JSONL field holding the text.")
+ID_FIELD = typer.Option(None, "--id-field", help="JSON/JSONL/CSV field holding the document id.")
+TITLE_FIELD = typer.Option(None, "--title-field", help="JSON/JSONL/CSV field holding the title.")
+
+
+@app.command()
+def ingest(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    paths: list[Path] = typer.Argument(..., help="Files or directories to ingest."),
+    glob: Optional[list[str]] = GLOB,
+    exclude: Optional[list[str]] = EXCLUDE,
+    text_field: str = TEXT_FIELD,
+    id_field: Optional[str] = ID_FIELD,
+    title_field: Optional[str] = TITLE_FIELD,
+    threads: Optional[int] = THREADS_OPTION,
+    wait: float = WAIT_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Load, clean, chunk, embed and store documents; unchanged files are skipped."""
+    options = _options(glob, exclude, text_field, id_field, title_field)
+    report = _run_ingest(kb, paths, options, threads, wait, as_json, sync=False)
+    if report.failed and not report.ingested and not report.unchanged:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sync(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    path: Path = typer.Argument(..., help="Directory (or file) the KB should mirror."),
+    glob: Optional[list[str]] = GLOB,
+    exclude: Optional[list[str]] = EXCLUDE,
+    text_field: str = TEXT_FIELD,
+    id_field: Optional[str] = ID_FIELD,
+    title_field: Optional[str] = TITLE_FIELD,
+    threads: Optional[int] = THREADS_OPTION,
+    wait: float = WAIT_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Re-ingest only files whose content changed; remove documents of vanished files."""
+    options = _options(glob, exclude, text_field, id_field, title_field)
+    _run_ingest(kb, [path], options, threads, wait, as_json, sync=True)
+
+
+@app.command()
+def delete(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    source: str = typer.Argument(..., help="A file path (all its documents) or one document's source."),
+    wait: float = WAIT_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Remove a file's documents, or a single document, with their chunks and vectors."""
+    from .kb import KnowledgeBase
+
+    with KnowledgeBase.open(kb) as base:
+        removed = base.delete(source, wait=wait)
+    if as_json:
+        _emit_json({"removed": removed})
+    else:
+        out.print(f"removed {removed} document(s)")
+    if not removed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(kb: Path = typer.Argument(..., help="Knowledge base directory."), as_json: bool = JSON_OPTION):
+    """Counts of documents, chunks and vectors in a knowledge base."""
+    from rich.table import Table
+
+    from .kb import KnowledgeBase
+
+    with KnowledgeBase.open(kb, readonly=True) as base:
+        data = base.stats()
+    if as_json:
+        return _emit_json(data)
+    table = Table(title=f"knowledge base {kb}", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command()
+def search(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    query: str = typer.Argument(..., help="What to look for."),
+    k: int = typer.Option(5, "--k", min=1, max=1000, help="Number of hits."),
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Find the chunks closest in meaning to the query."""
+    from .kb import KnowledgeBase
+
+    with KnowledgeBase.open(kb, readonly=True, threads=threads) as base:
+        hits = base.search(query, k)
+    if as_json:
+        return _emit_json([h.as_dict() for h in hits])
+    from .ingest.report import print_hits
+
+    print_hits(out, query, hits)
+
+
+@app.command()
+def models(as_json: bool = JSON_OPTION):
+    """The packaged models: installed or not, size, licence, conversion cache."""
+    from .models.listing import model_rows, print_models
+
+    rows = model_rows()
+    if as_json:
+        return _emit_json(rows)
+    print_models(out, rows)
+
+
+@app.command()
+def demo(
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to build the demo KB (default: a temp dir)."),
+    threads: Optional[int] = THREADS_OPTION,
+):
+    """Build a knowledge base from ragtune's own docs/ and run three searches."""
+    from .demo import run_demo
+
+    run_demo(out, err, workdir=workdir, threads=threads)
+
+
+def main() -> None:
+    from .runtime import enforce_offline
+
+    enforce_offline()
+    try:
+        app(standalone_mode=False)
+    except RagtuneError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ingest: loaders (one function per format), cleaning, chunking and the pipeline."""

@@ -1,0 +1,97 @@
+"""Find the files to ingest: recursion with gitignore-style include/exclude globs.
+
+Symlinks are followed, but each real directory is visited once (symlink loops end there) and
+broken or looping links are reported by name instead of crashing the walk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_EXCLUDES = [".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", ".venv/", ".DS_Store"]
+
+
+@dataclass
+class Found:
+    path: Path
+    problem: str | None = None  # set when the entry cannot be ingested at all
+
+
+def _spec(patterns: list[str]):
+    import pathspec
+
+    return pathspec.PathSpec.from_lines("gitwildmatch", patterns) if patterns else None
+
+
+def discover(
+    root: Path, include: list[str] | None = None, exclude: list[str] | None = None, skip: list[Path] | None = None
+) -> Iterator[Found]:
+    """Yield files under `root` (or `root` itself) in a stable, sorted order."""
+    root = Path(root).absolute()
+    including = _spec(include or [])
+    excluding = _spec(DEFAULT_EXCLUDES + list(exclude or []))
+    skip_real = {os.path.realpath(p) for p in (skip or [])}
+    if not os.path.lexists(root):
+        yield Found(root, "no such file or directory")
+        return
+    if not os.path.isdir(root):
+        yield from _check_file(root)
+        return
+    visited: set[tuple[int, int]] = set()
+
+    def walk(directory: Path) -> Iterator[Found]:
+        try:
+            info = os.stat(directory)
+        except OSError as exc:
+            yield Found(directory, _describe(exc))
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in visited:
+            yield Found(directory, "symlink loop: directory already visited; skipped")
+            return
+        if os.path.realpath(directory) in skip_real:
+            return
+        visited.add(key)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            yield Found(directory, _describe(exc))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            relative = path.relative_to(root).as_posix()
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if excluding and excluding.match_file(relative + ("/" if is_dir else "")):
+                continue
+            if is_dir:
+                yield from walk(path)
+            elif including is None or including.match_file(relative):
+                yield from _check_file(path)
+
+    yield from walk(root)
+
+
+def _check_file(path: Path) -> Iterator[Found]:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        yield Found(path, _describe(exc))
+        return
+    yield Found(path)
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop; remove or fix the link"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink or vanished file"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; make it readable or --exclude it"
+    return f"cannot read ({exc.strerror})"

@@ -1,0 +1,63 @@
+"""Human output for ingest and search: a live progress line and summary tables."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+@contextmanager
+def progress_callback(console, enabled: bool = True):
+    """Yields a callback(path) that advances a live 'files processed' display."""
+    if not enabled:
+        yield lambda _path: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.completed} files"), BarColumn(bar_width=None),
+        TextColumn("{task.fields[name]}", style="dim"), TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("ingest", total=None, name="")
+        yield lambda path: progress.update(task, advance=1, name=str(path)[-60:])
+
+
+def print_report(console, report) -> None:
+    table = Table(title="ingest summary")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in [
+        ("files ingested", report.ingested), ("files unchanged", report.unchanged),
+        ("files skipped", report.skipped), ("files failed", report.failed),
+        ("files removed", report.removed_files), ("documents added", report.documents_added),
+        ("documents updated", report.documents_updated), ("documents unchanged", report.documents_unchanged),
+        ("duplicate documents", report.documents_duplicate), ("documents removed", report.documents_removed),
+        ("chunks added", report.chunks_added), ("vectors embedded", report.vectors_embedded),
+    ]:
+        if value or label in ("files ingested", "chunks added"):
+            table.add_row(label, str(value))
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
+    table.caption = f"time: {timings}"
+    console.print(table)
+    for item in report.failures:
+        console.print(f"[red]failed[/] {item['file']}: {item['reason']}", highlight=False)
+    for item in report.skipped_files:
+        console.print(f"[yellow]skipped[/] {item['file']}: {item['reason']}", highlight=False)
+    for warning in report.warnings[:50]:
+        console.print(f"[dim]warning[/] {warning}", highlight=False)
+    if len(report.warnings) > 50:
+        console.print(f"[dim]… and {len(report.warnings) - 50} more warnings (see --json)[/]")
+
+
+def print_hits(console, query: str, hits) -> None:
+    table = Table(title=f"search: {query}", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("source")
+    table.add_column("text")
+    for rank, hit in enumerate(hits, start=1):
+        where = hit.source + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
+        headings = " › ".join(hit.metadata.get("headings", []))
+        text = (f"[bold]{headings}[/]\n" if headings else "") + hit.text[:300].replace("[", "\\[")
+        table.add_row(str(rank), f"{hit.score:.3f}", where, text)
+    console.print(table)

@@ -1,0 +1,137 @@
+"""KnowledgeBase: the Python API that the CLI mirrors (init, open, ingest, sync, delete, stats)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import config as config_module
+from .config import IngestOptions, KBConfig
+from .errors import ConfigError, KnowledgeBaseError
+from .store import Store, WriterLock
+
+CONFIG_FILE = "ragtune.yaml"
+DATABASE_FILE = "ragtune.db"
+LOCK_FILE = ".writer.lock"
+
+
+class KnowledgeBase:
+    """A directory with `ragtune.yaml` (how to chunk and embed) and `ragtune.db` (the data)."""
+
+    def __init__(self, path: Path, config: KBConfig, store: Store, *, threads: int | None = None):
+        self.path = path
+        self.config = config
+        self.store = store
+        self.threads = threads if threads is not None else config.threads
+        self._embedder = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | Path, config: KBConfig | None = None, *, exist_ok: bool = False) -> "KnowledgeBase":
+        """Create a knowledge base directory; refuses to overwrite one unless exist_ok."""
+        path = Path(path)
+        if (path / CONFIG_FILE).exists():
+            if not exist_ok:
+                raise KnowledgeBaseError(f"{path} is already a knowledge base; use it, or pick a new directory")
+            return cls.open(path)
+        if path.exists() and not path.is_dir():
+            raise KnowledgeBaseError(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        config = config or KBConfig()
+        config_module.save_yaml(config, path / CONFIG_FILE)
+        store = Store(path / DATABASE_FILE)
+        store.set_meta("embedder", config.embedder)
+        store.set_meta("precision", config.precision)
+        return cls(path, config, store)
+
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False, threads: int | None = None) -> "KnowledgeBase":
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise KnowledgeBaseError(f"{path} is not a knowledge base (no {CONFIG_FILE}); create it with `ragtune init {path}`")
+        config = config_module.load_yaml(KBConfig, path / CONFIG_FILE)
+        store = Store(path / DATABASE_FILE, readonly=readonly)
+        recorded = (store.get_meta("embedder"), store.get_meta("precision"))
+        if recorded != (config.embedder, config.precision) and recorded[0] is not None:
+            raise KnowledgeBaseError(
+                f"{path}/{CONFIG_FILE} says embedder={config.embedder} precision={config.precision} but the "
+                f"stored vectors were made with {recorded[0]} {recorded[1]}; restore the config or re-ingest into a new KB"
+            )
+        return cls(path, config, store, threads=threads)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        self.close()
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def embedder(self):
+        """The KB's embedder, created once per KnowledgeBase and loaded on first use."""
+        if self._embedder is None:
+            from .models.embedder import Embedder
+
+            self._embedder = Embedder(self.config.embedder, precision=self.config.precision, threads=self.threads)
+            if self.config.chunk_size > self._embedder.max_tokens:
+                raise ConfigError(
+                    f"chunk_size ({self.config.chunk_size}) exceeds what {self.config.embedder} reads "
+                    f"({self._embedder.max_tokens} tokens); use --chunk-size {self._embedder.max_tokens} or less"
+                )
+        return self._embedder
+
+    # -- writing --------------------------------------------------------------------------
+    def _writer(self, wait: float) -> WriterLock:
+        if self.store.readonly:
+            raise KnowledgeBaseError(f"{self.path} was opened read-only")
+        lock = WriterLock(self.path / LOCK_FILE, wait)
+        lock.acquire()
+        return lock
+
+    def ingest(self, paths, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0, remove_missing: bool = False):
+        """Ingest files and directories; unchanged files are skipped by content hash."""
+        from .ingest.pipeline import Ingestor
+
+        options = options or IngestOptions()
+        roots = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        lock = self._writer(wait)
+        try:
+            ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)
+            return ingestor.run(roots, remove_missing=remove_missing, skip=[self.path])
+        finally:
+            lock.release()
+
+    def sync(self, path, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0):
+        """Make the KB match `path`: re-ingest changed files, remove vanished ones."""
+        return self.ingest([path], options, progress=progress, wait=wait, remove_missing=True)
+
+    def delete(self, source: str, *, wait: float = 0.0) -> int:
+        """Remove a file's documents (by path) or one document (by source); returns documents removed."""
+        lock = self._writer(wait)
+        try:
+            absolute = str(Path(source).absolute())
+            if self.store.file_state(absolute) is not None:
+                return self.store.forget_file(absolute)
+            if self.store.sources_of_file(absolute):
+                return self.store.forget_file(absolute)
+            return int(self.store.delete_document(source))
+        finally:
+            lock.release()
+
+    # -- reading --------------------------------------------------------------------------
+    def stats(self) -> dict:
+        stats = self.store.stats()
+        stats.update(
+            embedder=self.config.embedder, precision=self.config.precision,
+            chunk_size=self.config.chunk_size, chunk_overlap=self.config.chunk_overlap, path=str(self.path),
+        )
+        return stats
+
+    def search(self, query: str, k: int = 5):
+        """Dense (exact cosine) search over the stored vectors."""
+        from .retrieve.dense import dense_search
+
+        return dense_search(self.store, self.embedder, query, k)

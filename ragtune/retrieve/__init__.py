@@ -1,0 +1,1 @@
+"""Retrieval over a knowledge base."""

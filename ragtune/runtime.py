@@ -1,0 +1,40 @@
+"""Process-level switches that must be set explicitly: offline mode and torch threads.
+
+These are process-wide by nature (environment variables, torch's thread pool), so they are set in
+one place, by the entry points, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+OFFLINE_VARIABLES = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def enforce_offline() -> None:
+    """Make Hugging Face libraries fail instead of downloading anything."""
+    for key, value in OFFLINE_VARIABLES.items():
+        os.environ[key] = value
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count; None keeps torch's default.
+
+    On a 2-core laptop, torch's threads contend with everything else running: users pass
+    `--threads` (or the KB config's `threads`) to keep the machine responsive.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
