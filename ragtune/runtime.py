@@ -14,6 +14,8 @@ OFFLINE_VARIABLES = {
     "HF_DATASETS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
 }
 
 
@@ -21,6 +23,14 @@ def enforce_offline() -> None:
     """Make Hugging Face libraries fail instead of downloading anything."""
     for key, value in OFFLINE_VARIABLES.items():
         os.environ[key] = value
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars; ragtune shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def set_torch_threads(threads: int | None) -> None:

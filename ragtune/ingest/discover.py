@@ -19,6 +19,7 @@ DEFAULT_EXCLUDES = [".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", "
 class Found:
     path: Path
     problem: str | None = None  # set when the entry cannot be ingested at all
+    explicit: bool = False  # named by the user rather than found in a directory
 
 
 def _spec(patterns: list[str]):
@@ -39,7 +40,9 @@ def discover(
         yield Found(root, "no such file or directory")
         return
     if not os.path.isdir(root):
-        yield from _check_file(root)
+        for found in _check_file(root):
+            found.explicit = True
+            yield found
         return
     visited: set[tuple[int, int]] = set()
 

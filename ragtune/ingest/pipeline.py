@@ -40,6 +40,7 @@ class IngestReport:
     documents_unchanged: int = 0
     documents_duplicate: int = 0
     documents_removed: int = 0
+    ignored: int = 0  # files of unsupported types met while walking directories
     chunks_added: int = 0
     vectors_embedded: int = 0
     failures: list[dict] = field(default_factory=list)
@@ -145,7 +146,7 @@ class Ingestor:
                 if found.problem:
                     self._fail(found.path, found.problem)
                 else:
-                    self.ingest_file(found.path)
+                    self.ingest_file(found.path, explicit=found.explicit)
                 self.progress(found.path)
             self._flush()
             if remove_missing:
@@ -163,7 +164,7 @@ class Ingestor:
         self.report.skipped += 1
         self.report.skipped_files.append({"file": str(path), "reason": reason})
 
-    def ingest_file(self, path: Path) -> None:
+    def ingest_file(self, path: Path, explicit: bool = True) -> None:
         try:
             info = os.stat(path)
         except OSError as exc:
@@ -171,6 +172,9 @@ class Ingestor:
         if not stat_module.S_ISREG(info.st_mode):
             return self._skip(path, "not a regular file (device, FIFO or socket)")
         loader = loader_for(path)
+        if loader is None and not explicit:
+            self.report.ignored += 1
+            return None
         if loader is None:
             return self._skip(path, f"unsupported file type {path.suffix or '(no extension)'}")
         if info.st_size == 0:

@@ -29,7 +29,7 @@ def print_report(console, report) -> None:
     for label, value in [
         ("files ingested", report.ingested), ("files unchanged", report.unchanged),
         ("files skipped", report.skipped), ("files failed", report.failed),
-        ("files removed", report.removed_files), ("documents added", report.documents_added),
+        ("files removed", report.removed_files), ("unsupported types ignored", report.ignored), ("documents added", report.documents_added),
         ("documents updated", report.documents_updated), ("documents unchanged", report.documents_unchanged),
         ("duplicate documents", report.documents_duplicate), ("documents removed", report.documents_removed),
         ("chunks added", report.chunks_added), ("vectors embedded", report.vectors_embedded),

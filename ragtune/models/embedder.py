@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..runtime import set_torch_threads
+from ..runtime import quiet_transformers, set_torch_threads
 from .cache import resolve_model_dir
 
 
@@ -55,6 +55,7 @@ class Embedder:
     def load(self) -> "Embedder":
         if self._model is None:
             set_torch_threads(self.threads)
+            quiet_transformers()
             import torch
             from sentence_transformers import SentenceTransformer
 
