@@ -25,7 +25,7 @@ class Found:
 def _spec(patterns: list[str]):
     import pathspec
 
-    return pathspec.PathSpec.from_lines("gitwildmatch", patterns) if patterns else None
+    return pathspec.PathSpec.from_lines("gitignore", patterns) if patterns else None
 
 
 def discover(

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real packaged MiniLM tokenizer/embedder and knowledge-base factories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragtune.runtime import enforce_offline
+
+enforce_offline()
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+RAGTUNE = [sys.executable, "-m", "ragtune.cli"]
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from ragtune.models.embedder import Embedder
+
+    return Embedder("all-MiniLM-L6-v2", threads=2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedder):
+    return embedder.tokenizer
+
+
+@pytest.fixture
+def make_kb(tmp_path, embedder):
+    """Create a KB in tmp_path sharing the session's loaded embedder (loads the model once)."""
+    from ragtune.config import KBConfig
+    from ragtune.kb import KnowledgeBase
+
+    opened = []
+
+    def factory(name="kb", **settings):
+        kb = KnowledgeBase.init(tmp_path / name, KBConfig(**settings))
+        if kb.config.embedder == embedder.name and kb.config.precision == embedder.precision:
+            kb._embedder = embedder
+        opened.append(kb)
+        return kb
+
+    yield factory
+    for kb in opened:
+        kb.close()
+
+
+def run_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `ragtune` CLI in a subprocess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([*RAGTUNE, *map(str, args)], capture_output=True, text=True, env=env, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ragtune {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
