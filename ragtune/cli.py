@@ -193,11 +193,14 @@ def models(as_json: bool = JSON_OPTION):
 def demo(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to build the demo KB (default: a temp dir)."),
     threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = JSON_OPTION,
 ):
     """Build a knowledge base from ragtune's own docs/ and run three searches."""
     from .demo import run_demo
 
-    run_demo(out, err, workdir=workdir, threads=threads)
+    result = run_demo(out, err, workdir=workdir, threads=threads, quiet=as_json)
+    if as_json:
+        _emit_json(result)
 
 
 def main() -> None:

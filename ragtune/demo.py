@@ -27,7 +27,9 @@ def find_docs() -> Path:
     return docs
 
 
-def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = None, docs: Path | None = None) -> dict:
+def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = None, docs: Path | None = None,
+             quiet: bool = False) -> dict:
+    """Run the demo; with quiet=True nothing is printed and the caller gets the results to emit."""
     from .ingest.report import print_hits, print_report, progress_callback
     from .kb import KnowledgeBase
 
@@ -35,20 +37,26 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragtune-demo-") as tmp:
         kb_path = Path(workdir or tmp) / "kb"
-        out.rule("ragtune demo")
-        out.print(f"knowledge base: {kb_path}\ndocuments: {docs}")
+        if not quiet:
+            out.rule("ragtune demo")
+            out.print(f"knowledge base: {kb_path}\ndocuments: {docs}")
         with KnowledgeBase.init(kb_path, exist_ok=True) as kb:
             kb.threads = threads
-            with progress_callback(err) as progress:
+            with progress_callback(err, enabled=not quiet) as progress:
                 report = kb.ingest([docs], progress=progress)
-            print_report(out, report)
+            if not quiet:
+                print_report(out, report)
+            searches = []
             timings = {"ingest_s": round(time.perf_counter() - started, 2)}
             for number, question in enumerate(QUESTIONS, start=1):
                 t0 = time.perf_counter()
                 hits = kb.search(question, k=3)
                 timings[f"search{number}_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-                print_hits(out, question, hits)
+                searches.append({"query": question, "hits": [hit.as_dict() for hit in hits]})
+                if not quiet:
+                    print_hits(out, question, hits)
             stats = kb.stats()
     timings["total_s"] = round(time.perf_counter() - started, 2)
-    out.print(f"{stats['documents']} documents, {stats['chunks']} chunks; timings: {timings}")
-    return {"stats": stats, "timings": timings}
+    if not quiet:
+        out.print(f"{stats['documents']} documents, {stats['chunks']} chunks; timings: {timings}")
+    return {"stats": stats, "searches": searches, "timings": timings}

@@ -49,9 +49,9 @@ def make_kb(tmp_path, embedder):
         kb.close()
 
 
-def run_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real `ragtune` CLI in a subprocess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_cli(*args, check=True, env=None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `ragtune` CLI in a subprocess (env: extra variables)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     result = subprocess.run([*RAGTUNE, *map(str, args)], capture_output=True, text=True, env=env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"ragtune {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -49,6 +50,14 @@ def print_report(console, report) -> None:
         console.print(f"[dim]… and {len(report.warnings) - 50} more warnings (see --json)[/]")
 
 
+def _display_source(source: str) -> str:
+    """Sources under the working directory print relative, so narrow terminals do not fold them."""
+    try:
+        return str(Path(source).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return source
+
+
 def print_hits(console, query: str, hits) -> None:
     table = Table(title=f"search: {query}", show_lines=True)
     table.add_column("#", justify="right")
@@ -56,7 +65,7 @@ def print_hits(console, query: str, hits) -> None:
     table.add_column("source")
     table.add_column("text")
     for rank, hit in enumerate(hits, start=1):
-        where = hit.source + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
+        where = _display_source(hit.source) + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
         headings = " › ".join(hit.metadata.get("headings", []))
         text = (f"[bold]{headings}[/]\n" if headings else "") + hit.text[:300].replace("[", "\\[")
         table.add_row(str(rank), f"{hit.score:.3f}", where, text)
