@@ -29,7 +29,7 @@ def _emit_json(data) -> None:
 def init(
     kb: Path = typer.Argument(..., help="Directory to create."),
     embedder: str = typer.Option("all-MiniLM-L6-v2", "--embedder", help="Registered embedder or local model dir."),
-    precision: str = typer.Option("fp32", "--precision", help="Embedding precision: fp32 or bf16."),
+    precision: str = typer.Option("auto", "--precision", help="Embedding precision: auto (bf16 where the CPU has it), fp32 or bf16."),
     chunk_size: int = typer.Option(200, "--chunk-size", help="Chunk length in embedder tokens."),
     chunk_overlap: int = typer.Option(32, "--chunk-overlap", help="Tokens shared by consecutive chunks."),
     batch_size: int = typer.Option(64, "--batch-size", help="Chunks per embedding batch."),

@@ -35,16 +35,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class IndexSettings(_Strict):
+    """Dense index shape: exact search below `hnsw_min_chunks`, HNSW graph search from there up."""
+
+    hnsw_min_chunks: int = Field(50_000, ge=1, description="switch from exact to HNSW at this many chunks")
+    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
+    hnsw_ef_construction: int = Field(80, ge=8, le=2048, description="HNSW build beam width")
+    hnsw_ef_search: int = Field(128, ge=8, le=4096, description="HNSW search beam width")
+
+
 class KBConfig(_Strict):
     """How a knowledge base chunks and embeds; fixed at `ragtune init`, stored in ragtune.yaml."""
 
     embedder: str = Field("all-MiniLM-L6-v2", description="registered embedder name or local model dir")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="embedding compute precision")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="embedding compute precision; auto = bf16 where the CPU has native bf16, else fp32")
     chunk_size: int = Field(200, ge=16, le=8192, description="chunk length in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
     batch_size: int = Field(64, ge=1, le=4096, description="chunks per embedding batch")
     threads: int | None = Field(None, ge=1, le=512, description="torch threads; default: torch's choice")
     max_file_mb: float = Field(512.0, gt=0, description="larger files are skipped with a reason")
+    index: IndexSettings = Field(default_factory=IndexSettings)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "KBConfig":

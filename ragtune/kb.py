@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import config as config_module
 from .config import IngestOptions, KBConfig
-from .errors import ConfigError, KnowledgeBaseError
+from .errors import ConfigError, KnowledgeBaseError, WriterBusyError
 from .store import Store, WriterLock
 
 CONFIG_FILE = "ragtune.yaml"
@@ -24,6 +24,7 @@ class KnowledgeBase:
         self.store = store
         self.threads = threads if threads is not None else config.threads
         self._embedder = None
+        self._retriever = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -38,6 +39,10 @@ class KnowledgeBase:
             raise KnowledgeBaseError(f"{path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
         config = config or KBConfig()
+        if config.precision == "auto":
+            from .runtime import resolve_precision
+
+            config = config.model_copy(update={"precision": resolve_precision(config.precision)})
         config_module.save_yaml(config, path / CONFIG_FILE)
         store = Store(path / DATABASE_FILE)
         store.set_meta("embedder", config.embedder)
@@ -91,6 +96,25 @@ class KnowledgeBase:
         lock.acquire()
         return lock
 
+    def try_writer(self) -> WriterLock | None:
+        """The writer lock if nobody holds it, else None (readers use it to persist index repairs)."""
+        try:
+            return self._writer(0.0)
+        except WriterBusyError:
+            return None
+
+    @property
+    def retriever(self):
+        if self._retriever is None:
+            from .retrieve.search import Retriever
+
+            self._retriever = Retriever(self)
+        return self._retriever
+
+    def _update_indexes(self) -> None:
+        """Called by writers, under the lock, so indexes match the store when the lock is released."""
+        self.retriever.refresh(writable=True)
+
     def ingest(self, paths, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0, remove_missing: bool = False):
         """Ingest files and directories; unchanged files are skipped by content hash."""
         from .ingest.pipeline import Ingestor
@@ -100,7 +124,10 @@ class KnowledgeBase:
         lock = self._writer(wait)
         try:
             ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)
-            return ingestor.run(roots, remove_missing=remove_missing, skip=[self.path])
+            try:
+                return ingestor.run(roots, remove_missing=remove_missing, skip=[self.path])
+            finally:
+                self._update_indexes()  # also after a failure: what was stored must be searchable
         finally:
             lock.release()
 
@@ -112,12 +139,13 @@ class KnowledgeBase:
         """Remove a file's documents (by path) or one document (by source); returns documents removed."""
         lock = self._writer(wait)
         try:
-            absolute = str(Path(source).absolute())
-            if self.store.file_state(absolute) is not None:
-                return self.store.forget_file(absolute)
-            if self.store.sources_of_file(absolute):
-                return self.store.forget_file(absolute)
-            return int(self.store.delete_document(source))
+            try:
+                absolute = str(Path(source).absolute())
+                if self.store.file_state(absolute) is not None or self.store.sources_of_file(absolute):
+                    return self.store.forget_file(absolute)
+                return int(self.store.delete_document(source))
+            finally:
+                self._update_indexes()
         finally:
             lock.release()
 
@@ -130,8 +158,20 @@ class KnowledgeBase:
         )
         return stats
 
-    def search(self, query: str, k: int = 5):
-        """Dense (exact cosine) search over the stored vectors."""
-        from .retrieve.dense import dense_search
+    def search(self, query: str, k: int = 5, *, mode: str = "hybrid", filters=None, **options):
+        """Search the KB: mode hybrid (RRF of dense + BM25), dense or lexical.
 
-        return dense_search(self.store, self.embedder, query, k)
+        filters: {"lang": "en", "year": {"gte": 2020}, "source": {"prefix": "docs/"}} or shorthand
+        strings ["lang=en", "year>=2020"]. Other options: dense_weight, lexical_weight, rrf_k, depth.
+        Each hit's `ranks` holds every retriever's rank and score, and the fused score.
+        """
+        from .retrieve.search import SearchOptions
+
+        return self.retriever.search(query, SearchOptions(k=k, mode=mode, filters=filters, **options))
+
+    def refresh_indexes(self) -> dict:
+        """Bring the dense and lexical indexes up to date now; returns their sizes."""
+        self.retriever.refresh(writable=not self.store.readonly)
+        dense = self.retriever.dense()
+        return {"dense": {"kind": dense.kind, "size": dense.size} if dense else None,
+                "lexical": {"size": self.retriever.lexical().size}}

@@ -48,3 +48,27 @@ def set_torch_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 embedding is faster.
+
+    Measured on a 2-core AVX512-BF16 machine: MiniLM bf16 encodes 2.2x faster than fp32 with
+    cosine >= 0.998 to the fp32 vectors. Without native support bf16 is emulated and slower.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' becomes bf16 or fp32 for this CPU; explicit choices pass through."""
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return precision

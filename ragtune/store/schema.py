@@ -61,6 +61,18 @@ MIGRATIONS: list[str] = [
                c.content_hash, c.document_id
         FROM chunks c JOIN documents d ON d.id = c.document_id JOIN contents t ON t.hash = c.content_hash;
     """,
+    # 2: an append-only log of chunk ids added and removed, written by triggers in the same
+    # transaction as the change, so derived indexes (FAISS, lexical) can catch up incrementally
+    # after any crash. Trigger bodies stay on one line: statements are split on ";\n".
+    """
+    CREATE TABLE chunk_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        chunk_id INTEGER NOT NULL,
+        added INTEGER NOT NULL
+    );
+    CREATE TRIGGER chunk_log_insert AFTER INSERT ON chunks BEGIN INSERT INTO chunk_log(chunk_id, added) VALUES (new.id, 1); END;
+    CREATE TRIGGER chunk_log_delete AFTER DELETE ON chunks BEGIN INSERT INTO chunk_log(chunk_id, added) VALUES (old.id, 0); END;
+    """,
 ]
 
 

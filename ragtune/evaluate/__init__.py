@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics and BEIR-format benchmarks."""
