@@ -162,20 +162,73 @@ def stats(kb: Path = typer.Argument(..., help="Knowledge base directory."), as_j
 def search(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     query: str = typer.Argument(..., help="What to look for."),
-    k: int = typer.Option(5, "--k", min=1, max=1000, help="Number of hits."),
+    k: int = typer.Option(5, "--k", help="Number of hits (1-1000)."),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (RRF of dense + BM25), dense or lexical."),
+    filters: Optional[list[str]] = typer.Option(
+        None, "--filter", help="Metadata condition, repeatable, all must hold: lang=en, lang!=fr, "
+        "lang in en,de, year>=2020, source^=docs/."),
+    explain: bool = typer.Option(False, "--explain", help="Show each retriever's rank and score, and the fused score."),
+    dense_weight: float = typer.Option(1.0, "--dense-weight", help="Weight of the dense ranking in the fusion."),
+    lexical_weight: float = typer.Option(1.0, "--lexical-weight", help="Weight of the BM25 ranking in the fusion."),
+    rrf_k: int = typer.Option(60, "--rrf-k", help="Reciprocal rank fusion constant (higher flattens ranks)."),
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Find the chunks closest in meaning to the query."""
+    """Search a knowledge base: hybrid, dense or lexical, with metadata filters."""
+    import os
+
     from .kb import KnowledgeBase
 
-    with KnowledgeBase.open(kb, readonly=True, threads=threads) as base:
-        hits = base.search(query, k)
+    readonly = (kb / "ragtune.db").exists() and not os.access(kb, os.W_OK)
+    with KnowledgeBase.open(kb, readonly=readonly, threads=threads) as base:
+        hits = base.search(query, k, mode=mode, filters=filters, dense_weight=dense_weight,
+                           lexical_weight=lexical_weight, rrf_k=rrf_k)
     if as_json:
-        return _emit_json([h.as_dict() for h in hits])
+        return _emit_json([h.as_dict(explain=explain) for h in hits])
     from .ingest.report import print_hits
 
-    print_hits(out, query, hits)
+    print_hits(out, query, hits, explain=explain)
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    beir: Path = typer.Option(..., "--beir", help="BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."),
+    split: str = typer.Option("test", "--split", help="Which qrels/<split>.tsv to score."),
+    kb: Optional[Path] = typer.Option(None, "--kb", help="Ingest into (and reuse) this KB; default: a temporary one."),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or lexical."),
+    precision: str = typer.Option("auto", "--precision", help="Embedding precision for a new KB: auto, fp32 or bf16."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N judged queries."),
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """nDCG@10, recall@10/100, MRR@10 and MAP@100 of one search mode on a BEIR data set."""
+    from .config import KBConfig, build
+    from .evaluate.beir import evaluate_retrieval
+    from .retrieve.search import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
+    config = build(KBConfig, {"precision": precision, "threads": threads}, "ragtune eval retrieval")
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("queries", total=None)
+        result = evaluate_retrieval(beir, split=split, kb_path=kb, mode=mode, threads=threads, config=config,
+                                    limit=limit, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        return _emit_json(result["metrics"])
+    from rich.table import Table
+
+    table = Table(title=f"{beir.name} ({split}), mode {mode}")
+    for name in result["metrics"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in result["metrics"].values()))
+    out.print(table)
+    out.print(f"timings: {result['timings']}")
 
 
 @app.command()

@@ -58,15 +58,26 @@ def _display_source(source: str) -> str:
         return source
 
 
-def print_hits(console, query: str, hits) -> None:
+def print_hits(console, query: str, hits, *, explain: bool = False) -> None:
     table = Table(title=f"search: {query}", show_lines=True)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
+    if explain:
+        table.add_column("dense\nrank / cos", justify="right")
+        table.add_column("lexical\nrank / bm25", justify="right")
     table.add_column("source")
     table.add_column("text")
     for rank, hit in enumerate(hits, start=1):
         where = _display_source(hit.source) + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
-        headings = " › ".join(hit.metadata.get("headings", []))
+        headings = " › ".join(hit.metadata.get("headings", []) if isinstance(hit.metadata.get("headings"), list) else [])
         text = (f"[bold]{headings}[/]\n" if headings else "") + hit.text[:300].replace("[", "\\[")
-        table.add_row(str(rank), f"{hit.score:.3f}", where, text)
+        row = [str(rank), f"{hit.score:.4f}"]
+        if explain:
+            for name in ("dense", "lexical"):
+                part = hit.ranks.get(name)
+                row.append(f"{part['rank']} / {part['score']:.3f}" if part else "-")
+        table.add_row(*row, where, text)
+    if not hits:
+        console.print(f"no hits for {query!r}")
+        return
     console.print(table)

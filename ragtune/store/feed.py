@@ -104,8 +104,10 @@ def _as_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_texts(store, ids: list[int] | None = None) -> Iterator[list[tuple[int, str]]]:
-    """[(chunk id, text to index lexically)] in batches; the title is indexed with each chunk."""
-    base = ("SELECT c.id, COALESCE(d.title, '') || char(10) || t.text FROM chunks c "
+    """[(chunk id, text to index lexically)] in batches; chunks after the first also carry the
+    document title (the first chunk already starts with it), as BEIR's BM25 baselines index titles."""
+    base = ("SELECT c.id, CASE WHEN c.ordinal = 0 OR d.title IS NULL THEN t.text "
+            "ELSE d.title || char(10) || t.text END FROM chunks c "
             "JOIN contents t ON t.hash = c.content_hash JOIN documents d ON d.id = c.document_id")
     rows = store.conn.execute(base + " ORDER BY c.id") if ids is None else _select_in(
         store, base + " WHERE c.id IN ({marks})", ids)
