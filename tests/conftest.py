@@ -20,8 +20,9 @@ RAGTUNE = [sys.executable, "-m", "ragtune.cli"]
 @pytest.fixture(scope="session")
 def embedder():
     from ragtune.models.embedder import Embedder
+    from ragtune.runtime import resolve_precision
 
-    return Embedder("all-MiniLM-L6-v2", threads=2)
+    return Embedder("all-MiniLM-L6-v2", precision=resolve_precision("auto"), threads=2)
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def _scalar(text: str):
 def parse_expression(text: str) -> Condition:
     """One CLI --filter expression, e.g. `year>=2020` or `lang in en,de`."""
     match = SHORTHAND.match(text or "")
-    if not match or not match.group(3):
+    if not match or not match.group(3) or match.group(3)[0] in "<>=!^":
         raise QueryError(
             f"--filter {text!r} is not a condition; write field=value, field!=value, field in a,b, "
             "field>=number (also >, <, <=) or source^=prefix"

@@ -78,6 +78,10 @@ class Retriever:
         from .dense_index import DenseIndex
 
         if self._dense is None:
+            if self.kb.threads:
+                import faiss
+
+                faiss.omp_set_num_threads(self.kb.threads)  # like torch's threads: contention on small machines
             dimension = self._dimension()
             if dimension is None:
                 return None
