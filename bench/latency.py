@@ -56,7 +56,7 @@ def build_store(kb_path: Path, n: int, words, probs, seed: int):
     from ragtune.kb import KnowledgeBase
 
     rng = np.random.default_rng(seed)
-    kb = KnowledgeBase.init(kb_path, KBConfig(precision="fp32", index=IndexSettings(hnsw_min_chunks=50_000)))
+    kb = KnowledgeBase.init(kb_path, KBConfig(index=IndexSettings(hnsw_min_chunks=50_000)))  # precision auto
     centres = None
     with kb.store.transaction() as conn:
         for start, texts, vectors, centres in synthetic_rows(n, words, probs, rng):

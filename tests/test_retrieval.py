@@ -193,3 +193,24 @@ def test_cli_search_json_explain_and_errors(records_kb):
     assert bad.returncode != 0 and "query is empty" in bad.stderr
     bad = run_cli("search", kb.path, "x", "--filter", "year>>1", check=False)
     assert bad.returncode != 0 and "--filter" in bad.stderr
+
+
+def test_a_version_1_knowledge_base_migrates_and_gets_indexes(records_kb):
+    """KBs made before the change log existed: migration 2 adds it, indexes build from the store."""
+    import shutil
+    import sqlite3
+
+    from ragtune.kb import KnowledgeBase
+
+    kb, _ = records_kb
+    expected = [h.chunk_id for h in kb.search("telescopes and galaxies", 3, mode="dense")]
+    kb.close()
+    shutil.rmtree(kb.path / "index")
+    conn = sqlite3.connect(kb.path / "ragtune.db")
+    conn.executescript("DROP TRIGGER chunk_log_insert; DROP TRIGGER chunk_log_delete; DROP TABLE chunk_log;"
+                       "DELETE FROM sqlite_sequence WHERE name = 'chunk_log'; PRAGMA user_version = 1;")
+    conn.close()
+    with KnowledgeBase.open(kb.path) as reopened:
+        assert reopened.store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [h.chunk_id for h in reopened.search("telescopes and galaxies", 3, mode="dense")] == expected
+        assert reopened.search("zq23x", 1, mode="lexical")[0].doc_id == "sailing-3"
