@@ -25,7 +25,8 @@ def write_records(path, extra=()):
         for y in range(8):
             rows.append({"_id": f"{topic}-{y}", "title": f"{topic.title()} note {y}",
                          "text": f"{text} Reference code zq{t}{y}x.", "lang": "en" if y % 2 == 0 else "de",
-                         "year": 2017 + y, "tags": [topic, "even" if y % 2 == 0 else "odd"]})
+                         "year": 2017 + y, "date": f"{2017 + y}-06-{10 + t:02d}",
+                         "tags": [topic, "even" if y % 2 == 0 else "odd"]})
     rows.extend(extra)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -77,6 +78,8 @@ def test_filters_equality_membership_ranges_prefix(records_kb):
     tagged = kb.search("notes", 40, filters={"tags": ["sailing", "finance"]})
     assert len(tagged) == 16 and {h.doc_id.split("-")[0] for h in tagged} == {"sailing", "finance"}
     assert len(kb.search("notes", 40, filters="lang!=de")) == 20
+    dated = kb.search("notes", 40, filters={"date": {"gte": "2019-06-12", "lt": "2020-01-01"}})
+    assert sorted(h.metadata["date"] for h in dated) == ["2019-06-12", "2019-06-13", "2019-06-14"]
     assert len(kb.search("notes", 40, filters={"source": {"prefix": str(path.parent)}})) == 40
     assert kb.search("notes", 5, filters="source^=/nowhere/") == []
     assert {h.doc_id for h in kb.search("notes", 5, filters="doc_id in cooking-1,cooking-2")} == {"cooking-1", "cooking-2"}
