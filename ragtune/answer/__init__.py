@@ -1,0 +1,1 @@
+"""Grounded answers: retrieve, build a budgeted prompt, generate, verify citations."""

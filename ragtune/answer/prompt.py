@@ -1,0 +1,93 @@
+"""Prompt templates and the token budget that decides which retrieved chunks the model sees.
+
+Templates are plain text with {placeholders} so users can override them from files:
+system ({}), sources entry ({n}, {title}, {source}, {text}) and question ({sources}, {question}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+SYSTEM = (
+    "You answer questions using only the numbered sources below. After each sentence, cite the "
+    "sources it comes from as [1], [2]. If the sources do not contain the answer, say that you do not know."
+)
+SOURCE = "[{n}] {title}\n{text}"
+QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}\nAnswer briefly, citing sources as [n]."
+
+
+@dataclass
+class Templates:
+    system: str = SYSTEM
+    source: str = SOURCE
+    question: str = QUESTION
+
+    @classmethod
+    def from_files(cls, system: Path | None = None, source: Path | None = None, question: Path | None = None) -> "Templates":
+        templates = cls()
+        for name, path in (("system", system), ("source", source), ("question", question)):
+            if path is not None:
+                try:
+                    setattr(templates, name, Path(path).read_text(encoding="utf-8"))
+                except OSError as exc:
+                    raise ConfigError(f"--{name}-template {path}: {exc.strerror}") from None
+        templates.check()
+        return templates
+
+    def check(self) -> None:
+        for name, template, needed in (("question", self.question, ("{sources}", "{question}")),
+                                       ("source", self.source, ("{n}", "{text}"))):
+            missing = [p for p in needed if p not in template]
+            if missing:
+                raise ConfigError(f"the {name} template lacks {', '.join(missing)}; add it where it should go")
+
+
+@dataclass
+class Prompt:
+    messages: list[dict]
+    sources: list = field(default_factory=list)  # the hits given to the model, numbered from 1
+    dropped: int = 0  # hits that did not fit the budget
+    tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(f"<{m['role']}>\n{m['content']}" for m in self.messages)
+
+
+def render_source(templates: Templates, n: int, hit) -> str:
+    title = hit.title or Path(hit.source).name
+    return templates.source.format(n=n, title=title, source=hit.source, text=hit.text.strip())
+
+
+def build_prompt(question: str, hits, generator, *, templates: Templates | None = None, max_new_tokens: int = 256,
+                 history: list[dict] | None = None) -> Prompt:
+    """Fill the context with whole chunks in rank order, leaving room for the answer.
+
+    A chunk that does not fit is skipped (a later, shorter one may still fit): a chunk cut in half
+    can lose the sentence that answers, and a citation must point at text the model really saw.
+    """
+    templates = templates or Templates()
+    history = list(history or [])
+    overhead = generator.count_tokens(templates.system + templates.question.format(sources="", question=question))
+    overhead += sum(generator.count_tokens(m["content"]) + 8 for m in history) + 16  # role markers
+    budget = generator.context_window - max_new_tokens - overhead
+    if budget <= 0:
+        raise ConfigError(
+            f"the question and chat history need {overhead} tokens and the answer {max_new_tokens}, more than "
+            f"{generator.name}'s {generator.context_window}-token context; shorten the question or lower --max-tokens")
+    chosen, rendered, used, dropped = [], [], 0, 0
+    for hit in hits:
+        text = render_source(templates, len(chosen) + 1, hit)
+        cost = generator.count_tokens(text) + 2
+        if used + cost > budget:
+            dropped += 1
+            continue
+        chosen.append(hit)
+        rendered.append(text)
+        used += cost
+    user = templates.question.format(sources="\n\n".join(rendered), question=question)
+    messages = [{"role": "system", "content": templates.system}, *history, {"role": "user", "content": user}]
+    return Prompt(messages, chosen, dropped, overhead + used)

@@ -1,0 +1,79 @@
+"""`ragtune ask`: retrieve, check relevance, build the prompt, generate, verify citations."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..retrieve.hits import check_query
+from .citations import CitationCheck, check_citations
+from .prompt import Prompt, Templates, build_prompt
+
+NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I will not guess."
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    prompt: Prompt | None
+    check: CitationCheck
+    found: bool
+    relevance: float
+    timings: dict = field(default_factory=dict)
+    query: str | None = None  # the standalone query retrieval used (differs in chat follow-ups)
+
+    def as_dict(self) -> dict:
+        citations = self.check.as_dict()
+        return {"answer": self.answer, "citations": citations.pop("citations"), "prompt": self.prompt.text if self.prompt else "",
+                "timings": self.timings, "found": self.found, "relevance": round(self.relevance, 4),
+                **citations, **({"query": self.query} if self.query and self.query != self.question else {})}
+
+
+def relevance(kb, question: str, hits) -> float:
+    """Highest cosine between the question and the retrieved chunks: BM25 and RRF scores are not
+    comparable across queries, cosine is, so the 'nothing relevant' threshold is set on it."""
+    from ..store import feed
+
+    if not hits:
+        return 0.0
+    vector = kb.embedder.encode([question])[0]
+    best = -1.0
+    for _ids, matrix in feed.iter_vectors(kb.store, [h.chunk_id for h in hits]):
+        best = max(best, float(np.max(matrix @ vector)))
+    return best
+
+
+def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filters=None, min_relevance: float = 0.3,
+        max_new_tokens: int = 256, temperature: float = 0.0, templates: Templates | None = None,
+        history: list[dict] | None = None, query: str | None = None, on_text=None) -> Answer:
+    """Answer `question` from the KB. `query` (default: the question) is what retrieval searches for;
+    `history` is earlier chat turns; `on_text(piece)` receives the answer as it streams."""
+    question = check_query(question)
+    started = time.perf_counter()
+    hits = kb.search(query or question, k, mode=mode, filters=filters)
+    score = relevance(kb, query or question, hits)
+    timings = {"retrieve_s": round(time.perf_counter() - started, 3)}
+    if score < min_relevance:
+        if on_text:
+            on_text(NOT_FOUND_ANSWER)
+        timings["total_s"] = timings["retrieve_s"]
+        return Answer(question, NOT_FOUND_ANSWER, None, CitationCheck(), False, score, timings, query)
+    prompt = build_prompt(question, hits, generator, templates=templates, max_new_tokens=max_new_tokens, history=history)
+    from ..generate.base import Generation
+
+    result = Generation(model=generator.name)
+    pieces = []
+    t0 = time.perf_counter()
+    for piece in generator.stream(prompt.messages, max_new_tokens=max_new_tokens, temperature=temperature, result=result):
+        pieces.append(piece)
+        if on_text:
+            on_text(piece)
+    text = "".join(pieces).strip()
+    timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=round(time.perf_counter() - started, 3),
+                   first_token_s=round(result.first_token_seconds or 0.0, 3), prompt_tokens=result.prompt_tokens,
+                   completion_tokens=result.completion_tokens, tokens_per_s=round(result.tokens_per_second, 1),
+                   sources_given=len(prompt.sources), sources_dropped=prompt.dropped)
+    return Answer(question, text, prompt, check_citations(text, prompt.sources), True, score, timings, query)

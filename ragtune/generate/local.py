@@ -1,0 +1,122 @@
+"""Local Hugging Face causal LMs: packaged GGUF models (converted once, cached) or model directories.
+
+Models are loaded once per process and shared (loading SmolLM2 takes about a second from the cache,
+the 0.5B model several): a server or a chat session must not reload per question.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import lru_cache
+from typing import Iterator
+
+from ..errors import ConfigError
+from ..runtime import quiet_transformers, resolve_precision, set_torch_threads
+from .base import Generation, collect
+
+
+@lru_cache(maxsize=4)
+def _load(model_dir: str, precision: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.eval()
+    return tokenizer, model
+
+
+class LocalGenerator:
+    """Greedy (or sampled) generation with transformers, streamed through TextIteratorStreamer."""
+
+    def __init__(self, model: str, *, precision: str = "auto", threads: int | None = None,
+                 context_window: int | None = None):
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+        self.name = str(model)
+        self.precision = resolve_precision(precision)
+        self.threads = threads
+        self._context_window = context_window
+        self._tokenizer = None
+        self._model = None
+
+    def load(self) -> "LocalGenerator":
+        if self._model is None:
+            from ..models.cache import resolve_model_dir
+
+            set_torch_threads(self.threads)
+            self._tokenizer, self._model = _load(str(resolve_model_dir(self.name)), self.precision)
+        return self
+
+    @property
+    def tokenizer(self):
+        return self.load()._tokenizer
+
+    @property
+    def context_window(self) -> int:
+        if self._context_window:
+            return self._context_window
+        config = self.load()._model.config
+        # SmolLM2 declares 8192 positions; cap at what small CPU models handle well
+        return int(min(getattr(config, "max_position_embeddings", 2048) or 2048, 8192))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: list[dict]):
+        """Token ids of the chat with the model's own template and the assistant turn opened."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True)
+
+    def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+               result: Generation | None = None) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        self.load()
+        inputs = self.encode_chat(messages)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if prompt_tokens + max_new_tokens > self.context_window:
+            raise ConfigError(
+                f"prompt is {prompt_tokens} tokens and {max_new_tokens} more are asked for, beyond {self.name}'s "
+                f"{self.context_window}-token context; lower --max-tokens or retrieve fewer chunks (--k)")
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        options = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        output: dict = {}
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    output["ids"] = self._model.generate(**options)
+            except BaseException as exc:  # re-raised in the caller's thread
+                output["error"] = exc
+                streamer.end()
+
+        started = time.perf_counter()
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        first = None
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter() - started
+            yield piece
+        worker.join()
+        if "error" in output:
+            raise output["error"]
+        if result is not None:
+            generated = int(output["ids"].shape[1]) - prompt_tokens
+            result.prompt_tokens, result.completion_tokens = prompt_tokens, generated
+            result.seconds, result.first_token_seconds = time.perf_counter() - started, first
+            result.finish_reason = "length" if generated >= max_new_tokens else "stop"
+            result.model = self.name
+
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0) -> Generation:
+        return collect(self, messages, max_new_tokens=max_new_tokens, temperature=temperature)
