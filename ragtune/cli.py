@@ -190,6 +190,91 @@ def search(
     print_hits(out, query, hits, explain=explain)
 
 
+MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or local model directory (default SmolLM2-135M-Instruct); with --base-url, the served model's name.")
+BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
+
+
+def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template):
+    from .answer.prompt import Templates
+    from .generate import make_generator
+
+    generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout)
+    templates = Templates.from_files(system=system_template, question=question_template)
+    return generator, templates
+
+
+@app.command()
+def ask(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    question: str = typer.Argument(..., help="The question."),
+    model: Optional[str] = MODEL_OPTION,
+    base_url: Optional[str] = BASE_URL_OPTION,
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint."),
+    k: int = typer.Option(5, "--k", help="Chunks to retrieve (as many as fit the context are given to the model)."),
+    mode: str = typer.Option("hybrid", "--mode", help="Retrieval mode: hybrid, dense or lexical."),
+    filters: Optional[list[str]] = typer.Option(None, "--filter", help="Metadata condition, repeatable (see `search`)."),
+    min_relevance: float = typer.Option(0.3, "--min-relevance", help="Below this cosine for the best chunk, say 'not found' instead of guessing."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),
+    system_template: Optional[Path] = typer.Option(None, "--system-template", help="File with the system prompt."),
+    question_template: Optional[Path] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question})."),
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Answer a question from the knowledge base, citing the sources as [n]."""
+    from .answer.rag import ask as run_ask
+    from .kb import KnowledgeBase
+
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template)
+    with KnowledgeBase.open(kb, threads=threads) as base:
+        stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
+        result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
+                         max_new_tokens=max_tokens, templates=templates, on_text=stream)
+    if as_json:
+        return _emit_json(result.as_dict())
+    from .answer.report import print_answer_sources
+
+    out.print()
+    print_answer_sources(out, result)
+
+
+@app.command()
+def chat(
+    kb: Path = typer.Argument(..., help="Knowledge base directory."),
+    model: Optional[str] = MODEL_OPTION,
+    base_url: Optional[str] = BASE_URL_OPTION,
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint."),
+    k: int = typer.Option(5, "--k", help="Chunks to retrieve per turn."),
+    min_relevance: float = typer.Option(0.3, "--min-relevance", help="Below this cosine, say 'not found' instead of guessing."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),
+    threads: Optional[int] = THREADS_OPTION,
+):
+    """Multi-turn questions: follow-ups are made standalone before retrieval; answers stream. Ctrl-D ends."""
+    from .answer.chat import ChatSession
+    from .kb import KnowledgeBase
+
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None)
+    with KnowledgeBase.open(kb, threads=threads) as base:
+        session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens, templates=templates)
+        while True:
+            try:
+                question = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                out.print()
+                return
+            if not question:
+                continue
+            out.print("ragtune> ", end="")
+            result = session.ask(question, on_text=lambda piece: out.print(piece, end="", highlight=False, markup=False))
+            out.print()
+            if result.query and result.query != question:
+                err.print(f"[dim](searched for: {result.query})[/]")
+            from .answer.report import print_answer_sources
+
+            print_answer_sources(out, result, compact=True)
+
+
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality.")
 app.add_typer(eval_app, name="eval")
 
