@@ -331,12 +331,13 @@ def models(as_json: bool = JSON_OPTION):
 def demo(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to build the demo KB (default: a temp dir)."),
     threads: Optional[int] = THREADS_OPTION,
+    model: Optional[str] = typer.Option(None, "--model", help="Generator (default SmolLM2-135M-Instruct; `qwen` after `make models-qwen` answers better)."),
     as_json: bool = JSON_OPTION,
 ):
-    """Build a knowledge base from ragtune's own docs/ and run three searches."""
+    """Build a knowledge base from ragtune's own docs/ and answer three questions with citations."""
     from .demo import run_demo
 
-    result = run_demo(out, err, workdir=workdir, threads=threads, quiet=as_json)
+    result = run_demo(out, err, workdir=workdir, threads=threads, quiet=as_json, model=model)
     if as_json:
         _emit_json(result)
 
