@@ -127,3 +127,34 @@ def test_cli_ask_json(small_kb):
     assert data["citations"][0]["source"].endswith("festival.txt") and data["citations"][0]["n"] == 1
     missing = run_cli("ask", small_kb.path, "What is the boiling point of liquid nitrogen?", "--json", "--base-url", url)
     assert json.loads(missing.stdout)["found"] is False
+
+
+def test_chat_rewrites_follow_ups_and_keeps_history(small_kb):
+    from ragtune.answer.chat import ChatSession
+
+    with fake_openai(reply="Zorblat festival month") as (url, seen):
+        session = ChatSession(small_kb, make_generator("m", base_url=url), min_relevance=0.2)
+        first = session.ask("Where is the Zorblat festival held?")
+        assert first.query == "Where is the Zorblat festival held?"  # stands alone: not rewritten
+        second = session.ask("When does it happen?")
+    assert second.query == "Zorblat festival month"  # the model's rewrite, used for retrieval
+    assert second.prompt.sources[0].source.endswith("festival.txt")
+    final_request = seen[-1]["messages"]
+    assert any(m["role"] == "assistant" for m in final_request)  # the earlier turn is in the history
+    assert final_request[-1]["content"].endswith("When does it happen?\nAnswer briefly, citing sources as [n].")
+
+
+def test_chat_falls_back_when_the_rewrite_rambles(small_kb):
+    from ragtune.answer.chat import ChatSession
+
+    with fake_openai(reply="word " * 200) as (url, _seen):
+        session = ChatSession(small_kb, make_generator("m", base_url=url))
+        session.turns.append(("Where is the Halvard bridge?", "Over the river Otter [1]."))
+        assert session.standalone_query("When was it finished?") == "Where is the Halvard bridge? When was it finished?"
+
+
+def test_cli_chat_reads_turns_from_stdin(small_kb):
+    with fake_openai(reply="In Kremsville [1].") as (url, _seen):
+        result = run_cli("chat", small_kb.path, "--base-url", url, input="Where is the Zorblat festival held?\n\n",
+                         env={"COLUMNS": "300"})
+    assert "In Kremsville [1]." in result.stdout and "festival.txt" in result.stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..ingest.report import display_source
+
 
 def print_answer_sources(console, result, *, compact: bool = False) -> None:
     check = result.check
@@ -14,7 +16,7 @@ def print_answer_sources(console, result, *, compact: bool = False) -> None:
     for column in ("n", "source", "span", "page", "title", "cited by"):
         table.add_column(column)
     for c in check.citations:
-        table.add_row(str(c.n), c.source, f"{c.start}:{c.end}", str(c.page or ""), c.title or "",
+        table.add_row(str(c.n), display_source(c.source), f"{c.start}:{c.end}", str(c.page or ""), c.title or "",
                       "text match" if c.inferred else "model")
     if check.citations:
         console.print(table)

@@ -50,7 +50,7 @@ def print_report(console, report) -> None:
         console.print(f"[dim]… and {len(report.warnings) - 50} more warnings (see --json)[/]")
 
 
-def _display_source(source: str) -> str:
+def display_source(source: str) -> str:
     """Sources under the working directory print relative, so narrow terminals do not fold them."""
     try:
         return str(Path(source).resolve().relative_to(Path.cwd()))
@@ -68,7 +68,7 @@ def print_hits(console, query: str, hits, *, explain: bool = False) -> None:
     table.add_column("source")
     table.add_column("text")
     for rank, hit in enumerate(hits, start=1):
-        where = _display_source(hit.source) + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
+        where = display_source(hit.source) + (f" p.{hit.page}" if hit.page else "") + f" [{hit.start}:{hit.end}]"
         headings = " › ".join(hit.metadata.get("headings", []) if isinstance(hit.metadata.get("headings"), list) else [])
         text = (f"[bold]{headings}[/]\n" if headings else "") + hit.text[:300].replace("[", "\\[")
         row = [str(rank), f"{hit.score:.4f}"]
