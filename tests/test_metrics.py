@@ -56,3 +56,12 @@ def test_parity_with_trec_eval(seed):
         assert scores["recall@100"] == pytest.approx(ref.get("recall_100", 0.0), abs=1e-4)
         assert scores["map@100"] == pytest.approx(ref.get("map_cut_100", 0.0), abs=1e-4)
         assert scores["mrr@10"] == pytest.approx(reference_rr.get(query_id, {}).get("recip_rank", 0.0), abs=1e-4)
+
+
+def test_squad_answer_metrics():
+    from ragtune.evaluate.qa import exact_match, f1, normalize_answer
+
+    assert normalize_answer("The  Chief of Protocol [1].") == "chief of protocol"
+    assert exact_match("the Chief of Protocol [2]", ["Chief of Protocol"]) == 1.0
+    assert f1("chief protocol officer", ["Chief of Protocol"]) == pytest.approx(2 / 3)  # P = R = 2/3
+    assert f1("nothing", ["Chief of Protocol"]) == 0.0
