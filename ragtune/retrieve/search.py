@@ -141,7 +141,7 @@ class Retriever:
         depth = max(options.k, options.depth) if options.mode == "hybrid" else options.k
         rankings: dict[str, list[tuple[int, float]]] = {}
         if options.mode in ("hybrid", "dense") and self._dense is not None:
-            vector = self.kb.embedder.encode([query])[0]
+            vector = self.kb.embedder.encode_query(query)
             rankings["dense"] = self._dense.search(vector, depth, allowed)
         if options.mode in ("hybrid", "lexical"):
             rankings["lexical"] = self.lexical().search(query, depth, allowed)
