@@ -42,6 +42,8 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/ingest.py --threads 2
 	$(BIN)/python bench/retrieval_quality.py --threads 2
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/rag_qa.py --limit 100
 
 clean:
 	rm -rf $(VENV) build *.egg-info
