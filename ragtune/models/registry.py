@@ -7,7 +7,7 @@ Packages are located through their installed distribution metadata, never by imp
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
