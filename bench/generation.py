@@ -2,7 +2,7 @@
 
 Same model, same chat-templated prompt, greedy decoding of --tokens new tokens (min_new_tokens pins
 the length so both sides decode exactly the same count). ragtune's path adds streaming through
-TextIteratorStreamer on a worker thread; the goal is to stay within 5% of raw generate.
+a callback streamer that decodes each token; the goal is to stay within 5% of raw generate.
 Prints a table and writes bench/results/generation.json. One run, --repeats timings each (median).
 """
 
@@ -60,8 +60,7 @@ def main() -> None:
             def ours():
                 hf_model.generate = pinned
                 try:
-                    for _piece in generator.stream(PROMPT, max_new_tokens=args.tokens):
-                        pass
+                    generator.generate(PROMPT, max_new_tokens=args.tokens, on_text=lambda _piece: None)
                 finally:
                     hf_model.generate = original
 

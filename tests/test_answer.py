@@ -80,7 +80,7 @@ def test_no_relevant_documents_says_so_without_generating(small_kb):
     class Exploding:
         name, context_window = "never-called", 2048
 
-        def stream(self, *a, **k):
+        def generate(self, *a, **k):
             raise AssertionError("the model must not be asked")
 
     result = ask(small_kb, "What is the boiling point of liquid nitrogen in kelvin?", Exploding())

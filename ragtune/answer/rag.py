@@ -62,16 +62,9 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         timings["total_s"] = timings["retrieve_s"]
         return Answer(question, NOT_FOUND_ANSWER, None, CitationCheck(), False, score, timings, query)
     prompt = build_prompt(question, hits, generator, templates=templates, max_new_tokens=max_new_tokens, history=history)
-    from ..generate.base import Generation
-
-    result = Generation(model=generator.name)
-    pieces = []
     t0 = time.perf_counter()
-    for piece in generator.stream(prompt.messages, max_new_tokens=max_new_tokens, temperature=temperature, result=result):
-        pieces.append(piece)
-        if on_text:
-            on_text(piece)
-    text = "".join(pieces).strip()
+    result = generator.generate(prompt.messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text)
+    text = result.text.strip()
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=round(time.perf_counter() - started, 3),
                    first_token_s=round(result.first_token_seconds or 0.0, 3), prompt_tokens=result.prompt_tokens,
                    completion_tokens=result.completion_tokens, tokens_per_s=round(result.tokens_per_second, 1),

@@ -40,14 +40,21 @@ class Generator(Protocol):
         """Yield text pieces as they are produced; fill `result` when done."""
         ...
 
-    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0) -> Generation: ...
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 on_text=None) -> Generation:
+        """The whole completion; `on_text(piece)` is called as text arrives (streaming)."""
+        ...
 
 
-def collect(generator, messages: list[dict], **options) -> Generation:
-    """Default `generate`: drain `stream` into one Generation."""
+def collect(generator, messages: list[dict], on_text=None, **options) -> Generation:
+    """`generate` from `stream`: drain it into one Generation, passing pieces to on_text."""
     result = Generation(model=generator.name)
     started = time.perf_counter()
-    pieces = list(generator.stream(messages, result=result, **options))
+    pieces = []
+    for piece in generator.stream(messages, result=result, **options):
+        pieces.append(piece)
+        if on_text:
+            on_text(piece)
     result.text = "".join(pieces)
     result.seconds = result.seconds or time.perf_counter() - started
     return result

@@ -77,5 +77,6 @@ class OpenAICompatibleGenerator:
             result.seconds, result.first_token_seconds = time.perf_counter() - started, first
             result.finish_reason, result.model = finish, self.name
 
-    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0) -> Generation:
-        return collect(self, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 on_text=None) -> Generation:
+        return collect(self, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text)
