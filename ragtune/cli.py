@@ -191,6 +191,8 @@ def search(
 
 
 MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or local model directory (default SmolLM2-135M-Instruct); with --base-url, the served model's name.")
+API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key.")
+TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint.")
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
 
 
@@ -209,8 +211,8 @@ def ask(
     question: str = typer.Argument(..., help="The question."),
     model: Optional[str] = MODEL_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint."),
+    api_key_env: str = API_KEY_ENV_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     k: int = typer.Option(5, "--k", help="Chunks to retrieve (as many as fit the context are given to the model)."),
     mode: str = typer.Option("hybrid", "--mode", help="Retrieval mode: hybrid, dense or lexical."),
     filters: Optional[list[str]] = typer.Option(None, "--filter", help="Metadata condition, repeatable (see `search`)."),
@@ -243,8 +245,8 @@ def chat(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     model: Optional[str] = MODEL_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint."),
+    api_key_env: str = API_KEY_ENV_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     k: int = typer.Option(5, "--k", help="Chunks to retrieve per turn."),
     min_relevance: float = typer.Option(0.3, "--min-relevance", help="Below this cosine, say 'not found' instead of guessing."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),

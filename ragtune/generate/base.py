@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -35,11 +35,6 @@ class Generator(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               result: Generation | None = None) -> Iterator[str]:
-        """Yield text pieces as they are produced; fill `result` when done."""
-        ...
-
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  on_text=None) -> Generation:
         """The whole completion; `on_text(piece)` is called as text arrives (streaming)."""
@@ -47,7 +42,7 @@ class Generator(Protocol):
 
 
 def collect(generator, messages: list[dict], on_text=None, **options) -> Generation:
-    """`generate` from `stream`: drain it into one Generation, passing pieces to on_text."""
+    """`generate` for backends whose native form is an iterator (HTTP streams): drain `stream`."""
     result = Generation(model=generator.name)
     started = time.perf_counter()
     pieces = []

@@ -6,11 +6,8 @@ the 0.5B model several): a server or a chat session must not reload per question
 
 from __future__ import annotations
 
-import threading
 import time
 from functools import lru_cache
-from typing import Iterator
-
 from ..errors import ConfigError
 from ..runtime import quiet_transformers, resolve_precision, set_torch_threads
 from .base import Generation
@@ -30,7 +27,7 @@ def _load(model_dir: str, precision: str):
 
 
 class LocalGenerator:
-    """Greedy (or sampled) generation with transformers, streamed through TextIteratorStreamer."""
+    """Greedy (or sampled) generation with transformers, streamed to a callback as tokens decode."""
 
     def __init__(self, model: str, *, precision: str = "auto", threads: int | None = None,
                  context_window: int | None = None):
@@ -119,43 +116,3 @@ class LocalGenerator:
         result.seconds = time.perf_counter() - started
         result.finish_reason = "length" if result.completion_tokens >= max_new_tokens else "stop"
         return result
-
-    def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               result: Generation | None = None) -> Iterator[str]:
-        """An iterator over the text, for callers that need one (an HTTP server). Generation runs on
-        a worker thread, which is slower on small CPUs; prefer generate(on_text=...)."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        self.load()
-        inputs = self.encode_chat(messages)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        options = self._options(inputs, max_new_tokens, temperature, streamer)
-        output: dict = {}
-
-        def run():
-            try:
-                with torch.inference_mode():
-                    output["ids"] = self._model.generate(**options)
-            except BaseException as exc:  # re-raised in the caller's thread
-                output["error"] = exc
-                streamer.end()
-
-        started = time.perf_counter()
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        first = None
-        for piece in streamer:
-            if first is None and piece:
-                first = time.perf_counter() - started
-            yield piece
-        worker.join()
-        if "error" in output:
-            raise output["error"]
-        if result is not None:
-            generated = int(output["ids"].shape[1]) - prompt_tokens
-            result.prompt_tokens, result.completion_tokens = prompt_tokens, generated
-            result.seconds, result.first_token_seconds = time.perf_counter() - started, first
-            result.finish_reason = "length" if generated >= max_new_tokens else "stop"
-            result.model = self.name
