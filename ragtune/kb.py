@@ -120,7 +120,7 @@ class KnowledgeBase:
         from .ingest.pipeline import Ingestor
 
         options = options or IngestOptions()
-        roots = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        roots = [Path(p).expanduser() for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         lock = self._writer(wait)
         try:
             ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)

@@ -202,3 +202,13 @@ def test_beir_corpus_jsonl_keeps_its_ids(tmp_path, make_kb):
     corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = kb.ingest([corpus], options)
     assert (report.documents_updated, report.documents_unchanged) == (1, 11)
+
+
+def test_ingest_expands_a_home_relative_path(make_kb, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "a.txt").write_text("A note about tomatoes in the home folder.")
+    monkeypatch.setenv("HOME", str(home))
+    kb = make_kb()
+    report = kb.ingest(["~/notes"])
+    assert report.ingested == 1 and kb.stats()["documents"] == 1
