@@ -34,16 +34,18 @@ class Answer:
 
 def relevance(kb, question: str, hits) -> float:
     """Highest cosine between the question and the retrieved chunks: BM25 and RRF scores are not
-    comparable across queries, cosine is, so the 'nothing relevant' threshold is set on it."""
+    comparable across queries, cosine is, so the 'nothing relevant' threshold is set on it.
+    Dense search already scored most hits; only the others are embedded and compared here."""
     from ..store import feed
 
-    if not hits:
-        return 0.0
-    vector = kb.embedder.encode([question])[0]
-    best = -1.0
-    for _ids, matrix in feed.iter_vectors(kb.store, [h.chunk_id for h in hits]):
-        best = max(best, float(np.max(matrix @ vector)))
-    return best
+    known = [h.ranks["dense"]["score"] for h in hits if "dense" in h.ranks]
+    missing = [h.chunk_id for h in hits if "dense" not in h.ranks]
+    best = max(known, default=-1.0)
+    if missing:
+        vector = kb.embedder.encode_query(question)
+        for _ids, matrix in feed.iter_vectors(kb.store, missing):
+            best = max(best, float(np.max(matrix @ vector)))
+    return best if hits else 0.0
 
 
 def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filters=None, min_relevance: float = 0.3,

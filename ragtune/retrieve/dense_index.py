@@ -103,8 +103,7 @@ class DenseIndex:
 
     def _rebuild(self, store) -> "DenseIndex":
         count = feed.chunk_count(store)
-        self.kind = self.kind_for(count) if self.index is not None else (
-            "hnsw" if count >= self.settings.hnsw_min_chunks else "flat")
+        self.kind = self.kind_for(count)
         self.index = self._empty(self.kind)
         self.tombstones = set()
         self.position = feed.log_position(store)
