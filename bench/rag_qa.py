@@ -16,17 +16,36 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
 DATA = ROOT.parent / "shared" / "datasets" / "hotpotqa-dev500" / "dev500.jsonl"
 SHORT = "Answer with a short phrase only."
+# One worked example, given to both conditions as an earlier chat turn: it shows the small models
+# the expected shape (a short phrase, then [n]) far better than instructions alone (measured on the
+# first 25 questions: Qwen RAG F1 0.34 -> 0.47; SmolLM2 0.03 -> 0.06).
+EXAMPLE_SOURCES = ("[1] Eiffel Tower\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France, designed by the "
+                   "company of Gustave Eiffel.\n\n[2] Big Ben\nBig Ben is the nickname for the Great Bell of the clock at "
+                   "the Palace of Westminster in London.")
+RAG_EXAMPLE = [{"role": "user", "content": f"Sources:\n\n{EXAMPLE_SOURCES}\n\nQuestion: In which city is the tower designed "
+                f"by Gustave Eiffel's company?\n{SHORT} Then cite the source as [n]."},
+               {"role": "assistant", "content": "Paris [1]"}]
+CLOSED_EXAMPLE = [{"role": "user", "content": f"In which country is the Eiffel Tower?\n{SHORT}"},
+                  {"role": "assistant", "content": "France"}]
+
+
+def first_line(text: str) -> str:
+    """The answer is scored on its first non-empty line in both conditions: the tiny model tends to
+    repeat itself after the phrase (a stop-at-newline rule, as in common QA harnesses)."""
+    return next((line for line in text.strip().splitlines() if line.strip()), "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct"])
     parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rag_qa.json")
+    parser.add_argument("--show", type=int, default=0, help="print the first N answers of each model")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -51,40 +70,53 @@ def main() -> None:
             paragraphs.setdefault(c["title"], c["paragraph_text"])
     templates = Templates(question="Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n].")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ragtune-hotpot-") as tmp:
-        corpus = Path(tmp) / "paragraphs.jsonl"
-        corpus.write_text("".join(json.dumps({"_id": t, "title": t, "text": p}) + "\n" for t, p in paragraphs.items()))
-        kb = KnowledgeBase.init(Path(tmp) / "kb")
-        kb.threads = args.threads
-        kb.ingest([corpus], IngestOptions(fields=RecordFields(text_field="text", id_field="_id", title_field="title")))
-        for model in args.models:
-            try:
-                generator = make_generator(model, threads=args.threads).load()
-            except ModelNotInstalledError as exc:
-                console.print(f"skipping {model}: {exc}")
-                continue
+    kb_path = CACHE / "hotpotqa-dev500"
+    if (kb_path / "ragtune.yaml").exists():
+        kb = KnowledgeBase.open(kb_path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ragtune-hotpot-") as tmp:
+            corpus = Path(tmp) / "paragraphs.jsonl"
+            corpus.write_text("".join(json.dumps({"_id": t, "title": t, "text": p}) + "\n" for t, p in paragraphs.items()))
+            kb = KnowledgeBase.init(kb_path)
+            kb.threads = args.threads
+            kb.ingest([corpus], IngestOptions(fields=RecordFields(text_field="text", id_field="_id", title_field="title")))
+    kb.threads = args.threads
+    for model in args.models:
+        try:
+            generator = make_generator(model, threads=args.threads).load()
+        except ModelNotInstalledError as exc:
+            console.print(f"skipping {model}: {exc}")
+            continue
+        closed_answers = [generator.generate([*CLOSED_EXAMPLE, {"role": "user", "content": f"{q['question_text']}\n{SHORT}"}],
+                                             max_new_tokens=24).text for q in questions[: args.limit]]
+        for k in args.k:
             scores = {"closed_em": [], "closed_f1": [], "rag_em": [], "rag_f1": [], "cites_support": [], "seconds": []}
-            for q in questions[: args.limit]:
+            for i, q in enumerate(questions[: args.limit]):
                 golds = q["answers_objects"][0]["spans"]
                 supporting = {c["title"] for c in q["contexts"] if c["is_supporting"]}
-                closed = generator.generate([{"role": "user", "content": f"{q['question_text']}\n{SHORT}"}], max_new_tokens=24).text
-                result = ask(kb, q["question_text"], generator, k=args.k, max_new_tokens=32, templates=templates, min_relevance=0.0)
+                closed = first_line(closed_answers[i])
+                result = ask(kb, q["question_text"], generator, k=k, max_new_tokens=32, templates=templates,
+                             min_relevance=0.0, history=RAG_EXAMPLE)
+                answer = first_line(result.answer)
                 scores["closed_em"].append(exact_match(closed, golds))
                 scores["closed_f1"].append(f1(closed, golds))
-                scores["rag_em"].append(exact_match(result.answer, golds))
-                scores["rag_f1"].append(f1(result.answer, golds))
+                scores["rag_em"].append(exact_match(answer, golds))
+                scores["rag_f1"].append(f1(answer, golds))
                 scores["cites_support"].append(float(any(c.doc_id in supporting for c in result.check.citations)))
                 scores["seconds"].append(result.timings.get("total_s", 0.0))
-            row = {"model": model, "questions": len(scores["rag_em"]),
+                if i < args.show:
+                    console.print({"question": q["question_text"], "gold": golds, "closed": closed, "rag": result.answer,
+                                   "sources": [h.title for h in result.prompt.sources]})
+            row = {"model": model, "k": k, "questions": len(scores["rag_em"]),
                    **{key: round(statistics.fmean(values), 4) for key, values in scores.items()}}
             rows.append(row)
             console.print(row)
-        kb.close()
-    table = Table(title=f"HotpotQA dev (first {args.limit}), one KB of {len(paragraphs)} paragraphs, top-{args.k} hybrid")
-    for column in ("model", "closed-book EM", "closed-book F1", "RAG EM", "RAG F1", "citation accuracy", "s / answer"):
+    kb.close()
+    table = Table(title=f"HotpotQA dev (first {args.limit}), one KB of {len(paragraphs)} paragraphs, hybrid top-k")
+    for column in ("model", "k", "closed-book EM", "closed-book F1", "RAG EM", "RAG F1", "citation accuracy", "s / answer"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r["model"], *(f"{r[k]:.3f}" for k in ("closed_em", "closed_f1", "rag_em", "rag_f1", "cites_support", "seconds")))
+        table.add_row(r["model"], str(r["k"]), *(f"{r[k]:.3f}" for k in ("closed_em", "closed_f1", "rag_em", "rag_f1", "cites_support", "seconds")))
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"data": str(DATA), "limit": args.limit, "rows": rows}, indent=2))
