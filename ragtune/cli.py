@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from .errors import RagtuneError
+from .finetune.data_cli import data_app
+from .finetune.train_cli import register as register_finetune_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt a language model to your documents and tasks, locally.")
 out = Console()
@@ -223,7 +225,7 @@ def ask(
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Answer a question from the knowledge base, citing the sources as [n]."""
+    r"""Answer a question from the knowledge base, citing the sources as \[n]."""
     from .answer.rag import ask as run_ask
     from .kb import KnowledgeBase
 
@@ -279,6 +281,8 @@ def chat(
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality.")
 app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
+register_finetune_commands(app)
 
 
 @eval_app.command("retrieval")
