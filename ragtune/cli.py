@@ -353,7 +353,9 @@ def main() -> None:
 
     enforce_offline()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # non-standalone click returns typer.Exit's code instead of exiting
+        if code:
+            raise SystemExit(code)
     except RagtuneError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None

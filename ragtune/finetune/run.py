@@ -87,12 +87,19 @@ def _encode(recipe, tokenizer, train, validation, warn):
     return encoded[0], encoded[1], None
 
 
-def _prepare_run_dir(recipe, resume: bool) -> tuple[Path, str | None]:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint whose trainer state was written: Trainer writes trainer_state.json
+    last, so a process killed while saving leaves a folder without it, which must be passed over."""
+    if not checkpoints.is_dir():
+        return None
+    found = [(int(p.name.split("-")[1]), p) for p in checkpoints.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()]
+    return str(max(found)[1]) if found else None
 
+
+def _prepare_run_dir(recipe, resume: bool) -> tuple[Path, str | None]:
     run_dir = recipe.run_dir()
-    checkpoints = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(run_dir / "checkpoints")
     if last and not resume:
         raise ConfigError(f"{run_dir} already holds checkpoints of a run; pass --resume to continue it, "
                           "or set output_dir (or name) to start a new one")
@@ -145,6 +152,10 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
         compute_metrics=classification_metrics if recipe.is_classifier else None,
         callbacks=[*early_stopping_callbacks(recipe, has_validation), *callbacks],
     )
+    if not progress:  # without a progress bar transformers prints every log dict to stdout
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     console.print(f"training {recipe.name}: {recipe.method} on {recipe.model}, {trainable:,} of {total:,} parameters "
                   f"trainable, {data['train_examples']} train / {data['validation_examples']} validation examples"
                   + (f", resuming from {Path(last).name}" if last else ""), highlight=False)

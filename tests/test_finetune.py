@@ -1,0 +1,252 @@
+"""Fine-tuning on the real packaged models: tiny runs whose effects are checked, not just their exit codes."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import RAGTUNE, ROOT, run_cli
+
+from ragtune.errors import ConfigError
+from ragtune.finetune.recipe import load_recipe
+
+CODES = {"apple": "zebra", "river": "falcon", "stone": "violet"}
+PHRASES = ("What is the codeword for {}?", "Tell me the codeword for {}.", "Codeword for {}?", "Which codeword goes with {}?")
+
+
+def write_codes(path: Path) -> Path:
+    lines = [{"messages": [{"role": "user", "content": p.format(word)},
+                           {"role": "assistant", "content": f"The codeword for {word} is {code}."}]}
+             for word, code in CODES.items() for p in PHRASES]
+    random.Random(0).shuffle(lines)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def write_recipe(folder: Path, **recipe) -> Path:
+    path = folder / f"{recipe.get('name', 'run')}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def smollm2_loss(model_dir, tokenizer_dir, examples_path: Path) -> float:
+    """Mean assistant-token loss of a causal LM on a chat file (what training minimises)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.finetune.encode import encode_chats
+    from ragtune.finetune.formats import read_examples
+    from ragtune.finetune.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    features = encode_chats(read_examples(examples_path).examples, tokenizer, 256).features
+    losses = []
+    with torch.no_grad():
+        for f in features:
+            out = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]))
+            losses.append(float(out.loss))
+    return sum(losses) / len(losses)
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.data.train.exists(), f"{path}: data.train {recipe.data.train} is missing"
+    methods = {load_recipe(p).method for p in recipes}
+    assert methods == {"lora", "qlora", "full", "freeze", "classify"}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"training": {"learning_rte": 0.1}}, "training.learning_rte: unknown field"),
+    ({"training": {"learning_rate": -1}}, "training.learning_rate"),
+    ({"method": "dpo"}, "method"),
+    ({"lora": {"r": 0}}, "lora.r"),
+    ({"training": {"checkpoint_every": 0}}, "training.checkpoint_every"),
+    ({"search": {"training.lr": [1, 2]}}, "search key 'training.lr' is not a recipe field"),
+    ({"search": {"training.learning_rate": {"low": 1, "high": 0.1}}}, "must be below high"),
+])
+def test_recipe_errors_name_the_field(tmp_path, change, field):
+    path = write_recipe(tmp_path, data={"train": "x.jsonl"}, **change)
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert str(path) in str(error.value) and field in str(error.value)
+
+
+def test_qlora_without_cuda_says_why_and_what_instead(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = write_recipe(tmp_path, name="q", method="qlora", data={"train": str(write_codes(tmp_path / "c.jsonl"))},
+                        output_dir=str(tmp_path / "run"))
+    result = run_cli("train", path, check=False)
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr and "method: lora" in result.stderr
+
+
+def test_labels_cover_only_assistant_turns_and_end_with_eos():
+    from ragtune.finetune.encode import IGNORE, encode_chat
+    from ragtune.finetune.formats import ChatExample
+    from ragtune.finetune.modeling import load_tokenizer
+    from ragtune.models.cache import resolve_model_dir
+
+    tokenizer = load_tokenizer(resolve_model_dir("SmolLM2-135M-Instruct"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there.", "weight": 0},
+                {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]
+    features = encode_chat(ChatExample(messages), tokenizer, 256)
+    trained = [t for t in features["labels"] if t != IGNORE]
+    text = tokenizer.decode(trained)
+    assert text.startswith("Paris.") and "Hello there" not in text and "France" not in text
+    assert tokenizer.eos_token_id in trained  # the model learns to stop
+
+
+def test_lora_lowers_loss_changes_output_and_exports(tmp_path):
+    from ragtune.generate.local import LocalGenerator
+    from ragtune.models.cache import resolve_model_dir
+
+    data = write_codes(tmp_path / "codes.jsonl")
+    recipe = write_recipe(tmp_path, name="lora", method="lora", output_dir=str(tmp_path / "run"),
+                          data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
+                          training={"learning_rate": 3e-3, "epochs": 4, "batch_size": 4, "warmup": 0, "threads": 2,
+                                    "logging_steps": 1},
+                          lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    run_cli("train", recipe, "--json")
+    run = tmp_path / "run"
+    assert {"recipe.yaml", "metrics.json", "loss.png", "model"} <= {p.name for p in run.iterdir()}
+    assert (run / "model" / "adapter_model.safetensors").exists()
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 8 and losses[-1] < losses[0]
+
+    merged = tmp_path / "merged"
+    run_cli("export", run, "--merge", merged)
+    assert {"model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in merged.iterdir()}
+    assert "chat_template" in (merged / "tokenizer_config.json").read_text() or (merged / "chat_template.jinja").exists()
+    base = resolve_model_dir("SmolLM2-135M-Instruct")
+    assert smollm2_loss(merged, merged, data) < 0.5 * smollm2_loss(base, base, data)
+
+    question = [{"role": "user", "content": "What is the codeword for river?"}]
+    before = LocalGenerator("SmolLM2-135M-Instruct", threads=2).generate(question, max_new_tokens=40)
+    after = LocalGenerator(str(merged), threads=2).generate(question, max_new_tokens=40)
+    assert after.text != before.text and "falcon" in after.text.lower()
+    assert after.completion_tokens < 40  # generation ended on the learned end-of-turn token
+
+
+def test_freeze_leaves_lower_blocks_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    from ragtune.models.cache import resolve_model_dir
+
+    write_codes(tmp_path / "codes.jsonl")
+    recipe = write_recipe(tmp_path, name="freeze", method="freeze", output_dir=str(tmp_path / "run"),
+                          data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
+                          training={"learning_rate": 1e-3, "max_steps": 2, "batch_size": 4, "warmup": 0, "threads": 2},
+                          freeze={"train_top_blocks": 2, "train_head": False})
+    run_cli("train", recipe)
+    base = load_file(resolve_model_dir("SmolLM2-135M-Instruct") / "model.safetensors")
+    tuned = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    blocks = sorted({int(k.split(".")[2]) for k in base if k.startswith("model.layers.")})
+    top = set(blocks[-2:])
+    for name, weight in base.items():
+        if name not in tuned:
+            continue  # tied output layer saved once
+        frozen = not (name.startswith("model.layers.") and int(name.split(".")[2]) in top) and name != "model.norm.weight"
+        if frozen:
+            assert tuned[name].equal(weight), f"{name} changed but is frozen"
+    assert any(not tuned[n].equal(base[n]) for n in tuned if n.startswith(f"model.layers.{max(top)}."))
+
+
+def separable(n_per_class: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    fruit = ["apples", "pears", "mangoes", "cherries", "plums", "bananas", "grapes", "peaches"]
+    cars = ["trucks", "buses", "motorbikes", "vans", "tractors", "scooters", "lorries", "taxis"]
+    verbs = ["I bought some", "We talked about", "She likes", "They painted", "He counted the", "Look at the"]
+    rows = [(f"{rng.choice(verbs)} {rng.choice(fruit)} and {rng.choice(fruit)}", "fruit") for _ in range(n_per_class)]
+    rows += [(f"{rng.choice(verbs)} {rng.choice(cars)} and {rng.choice(cars)}", "vehicle") for _ in range(n_per_class)]
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def test_classify_minilm_learns_a_separable_task(tmp_path):
+    from safetensors.torch import load_file
+
+    from ragtune.models.cache import resolve_model_dir
+
+    write_csv(tmp_path / "train.csv", separable(24, 0))
+    write_csv(tmp_path / "valid.csv", separable(10, 1))
+    recipe = write_recipe(tmp_path, name="cls", method="classify", model="all-MiniLM-L6-v2", output_dir=str(tmp_path / "run"),
+                          data={"train": "train.csv", "validation": "valid.csv", "max_length": 32},
+                          training={"learning_rate": 1e-4, "epochs": 6, "batch_size": 8, "threads": 2,
+                                    "early_stopping": {"metric": "macro_f1", "patience": 3}},
+                          classify={"freeze_layers": 2})
+    result = json.loads(run_cli("train", recipe, "--json").stdout)
+    assert result["metrics"]["eval_accuracy"] >= 0.9 and result["metrics"]["eval_macro_f1"] >= 0.9
+    assert result["data"]["labels"] == ["fruit", "vehicle"]
+    base = load_file(resolve_model_dir("all-MiniLM-L6-v2") / "model.safetensors")
+    tuned = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    key = next(k for k in tuned if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    assert tuned[key].equal(base[key.removeprefix("bert.")])  # frozen lower block
+    top = next(k for k in tuned if k.endswith("encoder.layer.5.attention.self.query.weight"))
+    assert not tuned[top].equal(base[top.removeprefix("bert.")])
+
+
+def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path):
+    write_csv(tmp_path / "train.csv", separable(16, 2))
+    recipe = write_recipe(tmp_path, name="study", method="classify", model="all-MiniLM-L6-v2",
+                          output_dir=str(tmp_path / "study"),
+                          data={"train": "train.csv", "max_length": 32, "validation_share": 0.25},
+                          training={"epochs": 2, "batch_size": 8, "threads": 2},
+                          search={"training.learning_rate": [1e-6, 2e-4]})
+    result = json.loads(run_cli("tune", recipe, "--search", "grid", "--trials", "2", "--json").stdout)
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete"]
+    assert result["metric"] == "eval_macro_f1" and result["best"]["params"]["training.learning_rate"] == 2e-4
+    best = load_recipe(result["best_recipe"])
+    assert best.training.learning_rate == 2e-4 and not best.search
+
+
+def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
+    write_codes(tmp_path / "codes.jsonl")
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path, name="resume", method="lora", output_dir=str(run),
+                          data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
+                          training={"learning_rate": 1e-3, "max_steps": 8, "batch_size": 2, "checkpoint_every": 2,
+                                    "keep_checkpoints": 5, "threads": 2})
+    process = subprocess.Popen([*RAGTUNE, "train", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "model").exists()
+
+    first = run_cli("train", recipe, check=False)
+    assert first.returncode == 2 and "--resume" in first.stderr  # no silent restart over a crashed run
+    result = json.loads(run_cli("train", recipe, "--resume", "--json").stdout)
+    assert Path(result["resumed_from"]).name in {"checkpoint-4", "checkpoint-6"}
+    state = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    logged = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged[0] < 4  # the history before the kill came back with the checkpoint
+    assert (run / "model" / "adapter_model.safetensors").exists()
