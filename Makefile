@@ -44,6 +44,8 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/rag_qa.py --limit 100
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/pubmedqa.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
