@@ -22,7 +22,7 @@ PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["SmolLM2-135M-Instruct"])
+    parser.add_argument("--models", nargs="+", default=["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -41,7 +41,13 @@ def main() -> None:
     set_torch_threads(args.threads)
     console = Console()
     rows = []
+    from ragtune.models.registry import get_model
+
     for model in args.models:
+        spec = get_model(model)
+        if not spec.installed:
+            console.print(f"skipping {model}: not installed ({spec.install_command})")
+            continue
         for precision in args.precisions:
             generator = LocalGenerator(model, precision=precision, threads=args.threads).load()
             tokenizer, hf_model = generator.tokenizer, generator._model

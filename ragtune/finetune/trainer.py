@@ -65,7 +65,10 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
     from transformers import TrainingArguments
 
     t = recipe.training
-    precision = resolve_precision(t.precision)
+    if torch.cuda.is_available() and t.precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    else:
+        precision = resolve_precision(t.precision)
     every = t.checkpoint_every
     strategy = "epoch" if every == "epoch" else "steps"
     steps = {} if every == "epoch" else {"save_steps": every, "eval_steps": every}
