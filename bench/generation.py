@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generation.json")
     args = parser.parse_args()
@@ -71,14 +71,14 @@ def main() -> None:
                     hf_model.generate = original
 
             raw()  # warm-up
-            timings = {}
-            for name, fn in (("raw", raw), ("ragtune", ours)):
-                samples = []
-                for _ in range(args.repeats):
+            # interleaved (raw, ours, raw, ours, ...) so drift in the machine's speed hits both alike
+            samples = {"raw": [], "ragtune": []}
+            for _ in range(args.repeats):
+                for name, fn in (("raw", raw), ("ragtune", ours)):
                     t0 = time.perf_counter()
                     fn()
-                    samples.append(time.perf_counter() - t0)
-                timings[name] = args.tokens / statistics.median(samples)
+                    samples[name].append(time.perf_counter() - t0)
+            timings = {name: args.tokens / statistics.median(values) for name, values in samples.items()}
             row = {"model": model, "precision": precision, "raw_tok_s": round(timings["raw"], 2),
                    "ragtune_tok_s": round(timings["ragtune"], 2),
                    "overhead_pct": round(100 * (1 - timings["ragtune"] / timings["raw"]), 1)}

@@ -211,6 +211,20 @@ def test_classify_minilm_learns_a_separable_task(tmp_path):
     assert not tuned[top].equal(base[top.removeprefix("bert.")])
 
 
+def test_classify_puts_a_new_output_layer_on_a_causal_lm(tmp_path):
+    from safetensors.torch import load_file
+
+    write_csv(tmp_path / "train.csv", separable(8, 3))
+    recipe = write_recipe(tmp_path, name="lmcls", method="classify", model="SmolLM2-135M-Instruct",
+                          output_dir=str(tmp_path / "run"), data={"train": "train.csv", "max_length": 24, "validation_share": 0.25},
+                          training={"max_steps": 2, "batch_size": 4, "threads": 2}, classify={"freeze_layers": 28})
+    result = json.loads(run_cli("train", recipe, "--json").stdout)
+    assert {"eval_accuracy", "eval_macro_f1"} <= set(result["metrics"])
+    assert result["data"]["trainable_parameters"] < result["data"]["total_parameters"] / 4
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert tuple(weights["score.weight"].shape) == (2, 576)  # two labels over SmolLM2's hidden size
+
+
 def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path):
     write_csv(tmp_path / "train.csv", separable(16, 2))
     recipe = write_recipe(tmp_path, name="study", method="classify", model="all-MiniLM-L6-v2",

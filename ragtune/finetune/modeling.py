@@ -54,8 +54,7 @@ def build_causal_lm(recipe, model_dir):
                                                             bnb_4bit_compute_dtype=torch.bfloat16,
                                                             bnb_4bit_use_double_quant=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **options)
-    if recipe.training.gradient_checkpointing:
-        model.config.use_cache = False
+    model.config.use_cache = False  # a KV cache is for generation; in training it only holds memory (run.py restores it)
     if recipe.method in ("lora", "qlora"):
         peft = _require("peft")
         if recipe.method == "qlora":

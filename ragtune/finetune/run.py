@@ -41,15 +41,15 @@ def _read(path: Path, fmt: str, want_classify: bool, warn) -> list:
     if not Path(path).exists():
         raise ConfigError(f"data file {path} does not exist; fix data.train / data.validation in the recipe")
     result = read_examples(path, fmt)
-    if want_classify != (result.format == "classify"):
-        raise ConfigError(f"{path} holds {result.format} data but the recipe's method needs "
-                          f"{'classification' if want_classify else 'chat / instruction'} data")
     for problem in result.problems[:5]:
         warn(f"skipped {problem}")
     if len(result.problems) > 5:
         warn(f"... and {len(result.problems) - 5} more bad lines skipped (run `ragtune data check {path}`)")
     if not result.examples:
         raise ConfigError(f"{path}: no valid examples; run `ragtune data check {path}` for the reasons")
+    if want_classify != (result.format == "classify"):
+        raise ConfigError(f"{path} holds {result.format} data but the recipe's method needs "
+                          f"{'classification' if want_classify else 'chat / instruction'} data")
     return result.examples
 
 
@@ -162,6 +162,8 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     output = trainer.train(resume_from_checkpoint=last)
 
     final_dir = run_dir / "model"
+    if not recipe.is_classifier:
+        trainer.model.config.use_cache = True  # the saved model generates with a KV cache
     trainer.save_model(str(final_dir))
     tokenizer.save_pretrained(str(final_dir))
     metrics = dict(output.metrics)
