@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--freeze-layers", type=int, default=0)
+    parser.add_argument("--class-weights", choices=["none", "balanced"], default="balanced")
+    parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
@@ -74,8 +76,8 @@ def main() -> None:
             "data": {"train": str(train_file), "max_length": args.max_length, "validation_share": 0.1},
             "training": {"learning_rate": args.learning_rate, "epochs": args.epochs, "batch_size": 16, "warmup": 0.1,
                          "scheduler": "linear", "threads": args.threads, "weight_decay": 0.01,
-                         "early_stopping": {"metric": "macro_f1", "patience": 3}},
-            "classify": {"labels": LABELS, "freeze_layers": args.freeze_layers},
+                         "early_stopping": {"metric": "macro_f1", "patience": args.patience}},
+            "classify": {"labels": LABELS, "freeze_layers": args.freeze_layers, "class_weights": args.class_weights},
         })
         result = train(recipe, progress=not args.json, console=console)
         scores = evaluate(Path(tmp) / "run" / "model", test_rows, args.max_length)
@@ -86,6 +88,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**report, "data": str(args.train or DATA), "model": args.model, "n_train": len(train_rows),
                                     "epochs": args.epochs, "max_length": args.max_length, "seed": args.seed,
+                                    "learning_rate": args.learning_rate, "class_weights": args.class_weights,
                                     "train_seconds": round(result.seconds, 1), "validation": result.metrics}, indent=2))
     if args.json:
         print(json.dumps(report))

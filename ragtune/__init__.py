@@ -21,6 +21,14 @@ _LAZY = {
     "Embedder": ("ragtune.models.embedder", "Embedder"),
     "resolve_model_dir": ("ragtune.models.cache", "resolve_model_dir"),
     "registered_models": ("ragtune.models.registry", "registered_models"),
+    "check_file": ("ragtune.finetune.check", "check_file"),
+    "prepare_data": ("ragtune.finetune.prepare", "prepare"),
+    "read_examples": ("ragtune.finetune.formats", "read_examples"),
+    "Recipe": ("ragtune.finetune.recipe", "Recipe"),
+    "load_recipe": ("ragtune.finetune.recipe", "load_recipe"),
+    "train": ("ragtune.finetune.run", "train"),
+    "tune": ("ragtune.finetune.hpo", "tune"),
+    "export_run": ("ragtune.finetune.export", "export_run"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

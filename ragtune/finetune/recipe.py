@@ -92,6 +92,9 @@ class FreezeSpec(_Strict):
 class ClassifySpec(_Strict):
     labels: Optional[list[str]] = None  # default: the sorted labels found in the training data
     freeze_layers: int = Field(0, ge=0, description="lower encoder blocks (and embeddings) kept frozen")
+    # "balanced" weighs each class's loss by n / (classes * count), as sklearn does: rare labels
+    # stop being ignored, which is what macro-F1 rewards.
+    class_weights: Literal["none", "balanced"] = "none"
 
 
 class SearchRange(_Strict):

@@ -152,6 +152,11 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
         compute_metrics=classification_metrics if recipe.is_classifier else None,
         callbacks=[*early_stopping_callbacks(recipe, has_validation), *callbacks],
     )
+    trainer.is_classifier = recipe.is_classifier
+    if recipe.is_classifier and recipe.classify.class_weights == "balanced":
+        from .trainer import balanced_class_weights
+
+        trainer.class_weights = balanced_class_weights([f["labels"] for f in train_set.features], len(labels))
     if not progress:  # without a progress bar transformers prints every log dict to stdout
         from transformers import PrinterCallback
 

@@ -9,6 +9,13 @@ from pathlib import Path
 from ..runtime import resolve_precision
 
 
+def balanced_class_weights(labels: list[int], classes: int):
+    import torch
+
+    counts = torch.bincount(torch.tensor(labels), minlength=classes).float()
+    return len(labels) / (classes * counts.clamp(min=1))
+
+
 def classification_metrics(eval_prediction) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
@@ -28,8 +35,18 @@ def make_trainer_class():
     class RecipeTrainer(Trainer):
         """Adds example weights to the loss and perplexity to every validation."""
 
+        is_classifier = False  # perplexity is reported for language models only
+        class_weights = None  # a tensor of per-label loss weights for classification, or None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weight = inputs.pop("weight", None)
+            if self.class_weights is not None:
+                import torch.nn.functional as F
+
+                labels = inputs.pop("labels")
+                outputs = model(**inputs)
+                loss = F.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
+                return (loss, outputs) if return_outputs else loss
             if weight is None:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
@@ -48,12 +65,12 @@ def make_trainer_class():
         def evaluate(self, *args, **kwargs):
             # returned metrics feed best-checkpoint selection and early stopping, so perplexity can be chosen
             metrics = super().evaluate(*args, **kwargs)
-            if "eval_loss" in metrics:
+            if "eval_loss" in metrics and not self.is_classifier:
                 metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
             return metrics
 
         def log(self, logs, *args, **kwargs):
-            if "eval_loss" in logs and "eval_perplexity" not in logs:
+            if "eval_loss" in logs and "eval_perplexity" not in logs and not self.is_classifier:
                 logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
             super().log(logs, *args, **kwargs)
 
