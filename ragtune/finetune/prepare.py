@@ -8,7 +8,6 @@ split (so no copy of a test example is trained on), balancing last and on the tr
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError, LoaderError
+from ..models.cache import hash_files
 from ..ingest.clean import normalize_newlines, normalize_unicode, remove_control_characters
 from .check import find_duplicates
 from .formats import OUTPUTS, ClassifyExample, Problem, read_examples, unfit_reason, write_jsonl
@@ -158,14 +158,6 @@ def _labels(examples) -> dict[str, int] | None:
     return dict(Counter(e.label for e in examples).most_common())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class PrepareResult:
     out_dir: Path
@@ -243,7 +235,7 @@ def prepare(path, *, to: str, split=(0.8, 0.1, 0.1), dedup: bool = False, balanc
     manifest = {
         "ragtune_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"path": str(path.resolve()), "sha256": _sha256(path)},
+        "source": {"path": str(path.resolve()), "sha256": hash_files([path])},
         "format_in": read.format, "format_out": to,
         "seed": seed, "split": dict(zip(SPLITS, shares)),
         "counts": {"valid": len(read.examples), "invalid": len(read.problems), "cleaned": counts["cleaned"],

@@ -11,26 +11,18 @@ FAISS IDSelector; past 10% tombstones the graph is rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..models.cache import hash_files
 from ..store import feed
 
 FORMAT = 1
 TOMBSTONE_REBUILD = 0.10
 EXACT_FILTER_MAX = 50_000  # filters allowing fewer chunks are searched exactly over just those
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DenseIndex:
@@ -77,7 +69,7 @@ class DenseIndex:
             meta = json.loads(meta_path.read_text())
             if (meta.get("format"), meta.get("dimension"), meta.get("signature")) != (FORMAT, self.dimension, self.signature):
                 return False
-            if meta["position"] < feed.log_floor(store) or _sha256(data_path) != meta["sha256"]:
+            if meta["position"] < feed.log_floor(store) or hash_files([data_path]) != meta["sha256"]:
                 return False
             self.index = faiss.read_index(str(data_path))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
@@ -151,7 +143,7 @@ class DenseIndex:
         tmp_data, tmp_meta = data_path.with_suffix(".faiss.tmp"), meta_path.with_suffix(".json.tmp")
         faiss.write_index(self.index, str(tmp_data))
         meta = {"format": FORMAT, "kind": self.kind, "dimension": self.dimension, "signature": self.signature,
-                "position": self.position, "size": self.size, "sha256": _sha256(tmp_data),
+                "position": self.position, "size": self.size, "sha256": hash_files([tmp_data]),
                 "tombstones": sorted(self.tombstones)}
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_data, data_path)
