@@ -264,3 +264,31 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
     logged = [h["step"] for h in state["log_history"] if "loss" in h]
     assert logged[0] < 4  # the history before the kill came back with the checkpoint
     assert (run / "model" / "adapter_model.safetensors").exists()
+
+
+def test_example_weights_scale_the_loss_and_ones_match_the_model_loss(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.finetune.encode import PadCollator, encode_chats
+    from ragtune.finetune.formats import read_examples
+    from ragtune.finetune.modeling import load_tokenizer
+    from ragtune.finetune.trainer import weighted_token_loss
+    from ragtune.models.cache import resolve_model_dir
+
+    model_dir = resolve_model_dir("SmolLM2-135M-Instruct")
+    tokenizer = load_tokenizer(model_dir)
+    features = encode_chats(read_examples(write_codes(tmp_path / "c.jsonl")).examples[:2], tokenizer, 96).features
+    batch = PadCollator(tokenizer)([{**features[0], "weight": 2.0}, {**features[1], "weight": 0.0}])
+    assert batch["weight"].tolist() == [2.0, 0.0]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ones = weighted_token_loss(logits, batch["labels"], torch.ones(2))
+        builtin = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        weighted = weighted_token_loss(logits, batch["labels"], batch["weight"])
+        first_only = weighted_token_loss(logits[:1], batch["labels"][:1], torch.ones(1))
+    assert torch.allclose(ones, builtin, atol=1e-4)
+    trained_tokens = [(batch["labels"][i, 1:] != -100).sum() for i in range(2)]
+    expected = 2 * first_only * trained_tokens[0] / (trained_tokens[0] + trained_tokens[1])
+    assert torch.allclose(weighted, expected, atol=1e-4)

@@ -16,6 +16,17 @@ def balanced_class_weights(labels: list[int], classes: int):
     return len(labels) / (classes * counts.clamp(min=1))
 
 
+def weighted_token_loss(logits, labels, weight):
+    """Next-token cross-entropy where each example's tokens count `weight[i]` times; the mean is
+    over all trained tokens, so weights of 1 give exactly the model's own loss."""
+    import torch.nn.functional as F
+
+    shifted, target = logits[:, :-1, :].float(), labels[:, 1:]
+    per_token = F.cross_entropy(shifted.transpose(1, 2), target, ignore_index=-100, reduction="none")
+    mask = (target != -100).float()
+    return (per_token * mask * weight.to(per_token.device)[:, None]).sum() / mask.sum().clamp(min=1)
+
+
 def classification_metrics(eval_prediction) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
@@ -40,26 +51,17 @@ def make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weight = inputs.pop("weight", None)
-            if self.class_weights is not None:
-                import torch.nn.functional as F
-
-                labels = inputs.pop("labels")
-                outputs = model(**inputs)
-                loss = F.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
-                return (loss, outputs) if return_outputs else loss
-            if weight is None:
+            if self.class_weights is None and weight is None:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             import torch.nn.functional as F
 
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            logits = outputs.logits[:, :-1, :].float()
-            target = labels[:, 1:]
-            per_token = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-            mask = (target != -100).float()
-            weights = mask * weight.to(per_token.device)[:, None]
-            loss = (per_token * weights).sum() / mask.sum().clamp(min=1)
+            if self.class_weights is not None:
+                loss = F.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
+            else:
+                loss = weighted_token_loss(outputs.logits, labels, weight)
             return (loss, outputs) if return_outputs else loss
 
         def evaluate(self, *args, **kwargs):
