@@ -292,3 +292,18 @@ def test_example_weights_scale_the_loss_and_ones_match_the_model_loss(tmp_path):
     trained_tokens = [(batch["labels"][i, 1:] != -100).sum() for i in range(2)]
     expected = 2 * first_only * trained_tokens[0] / (trained_tokens[0] + trained_tokens[1])
     assert torch.allclose(weighted, expected, atol=1e-4)
+
+
+def test_a_trial_falling_behind_is_pruned_at_validation():
+    import optuna
+    from types import SimpleNamespace
+
+    from ragtune.finetune.hpo import _pruning_callback
+
+    study = optuna.create_study(direction="minimize", pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    trial = study.ask()
+    callback = _pruning_callback(trial, "eval_loss")
+    callback.on_evaluate(None, SimpleNamespace(global_step=2), None, metrics={"eval_loss": 0.5})  # on track
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_evaluate(None, SimpleNamespace(global_step=4), None, metrics={"eval_loss": 2.0})
+    assert study.trials[0].intermediate_values == {2: 0.5, 4: 2.0}
