@@ -42,7 +42,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, over
             raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(trained)
     if recipe.method in ("lora", "qlora") and not merge:
         shutil.copytree(trained, out, dirs_exist_ok=True)  # the adapter alone, for PEFT users
     else:
@@ -61,7 +60,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, over
 
             model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        load_tokenizer(trained).save_pretrained(out)
     (out / "README.md").write_text(model_card(recipe, run_dir, merged=merge), encoding="utf-8")
     return out
 

@@ -107,10 +107,8 @@ def tune(recipe, *, search: str = "bayes", trials: int = 10, seed: int | None = 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=_sampler(search, recipe, recipe.seed if seed is None else seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    best_dir: Path | None = None
 
     def objective(trial):
-        nonlocal best_dir
         values = {key: _suggest(trial, key, spec) for key, spec in recipe.search.items()}
         trial_dir = study_dir / "trials" / f"trial-{trial.number:03d}"
         if trial_dir.exists():
@@ -125,10 +123,7 @@ def tune(recipe, *, search: str = "bayes", trials: int = 10, seed: int | None = 
         if metric not in result.metrics:
             raise ConfigError(f"the runs report no {metric}; choose early_stopping.metric among {sorted(result.metrics)}")
         value = float(result.metrics[metric])
-        improved = best_dir is None or (value > study.best_value if greater else value < study.best_value)
         shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # each trial keeps its final model only
-        if improved:
-            best_dir = trial_dir
         return value
 
     study.optimize(objective, n_trials=trials, catch=())

@@ -113,6 +113,7 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
 
     from ..models.cache import resolve_model_dir
     from ..runtime import quiet_transformers
+    from .encode import PadCollator
     from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
     from .report import plot_losses, print_summary
     from .trainer import classification_metrics, early_stopping_callbacks, make_trainer_class, training_arguments
@@ -139,8 +140,6 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     has_validation = bool(validation_set.features)
     data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
             "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
-
-    from .encode import PadCollator
 
     trainer = make_trainer_class()(
         model=model,

@@ -91,7 +91,6 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
     every = t.checkpoint_every
     strategy = "epoch" if every == "epoch" else "steps"
     steps = {} if every == "epoch" else {"save_steps": every, "eval_steps": every}
-    select = has_validation
     metric = (t.early_stopping.metric if t.early_stopping else ("eval_macro_f1" if recipe.is_classifier else "eval_loss"))
     greater = t.early_stopping.greater_is_better if t.early_stopping else recipe.is_classifier
     return TrainingArguments(
@@ -115,9 +114,9 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
         save_strategy=strategy,
         **steps,
         save_total_limit=t.keep_checkpoints,
-        load_best_model_at_end=select,
-        metric_for_best_model=metric if select else None,
-        greater_is_better=greater if select else None,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model=metric if has_validation else None,
+        greater_is_better=greater if has_validation else None,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         report_to="none",
