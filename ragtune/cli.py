@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import RagtuneError
 from .finetune.data_cli import data_app
@@ -61,14 +63,14 @@ def _options(glob, exclude, text_field, id_field, title_field):
                  "ingest options")
 
 
-def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sync: bool):
+def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sync: bool, prune_missing: bool = False):
     from .ingest.report import print_report, progress_callback
     from .kb import KnowledgeBase
 
     with KnowledgeBase.open(kb, threads=threads) as base:
         with progress_callback(err, enabled=not as_json) as progress:
             if sync:
-                report = base.sync(paths[0], options, progress=progress, wait=wait)
+                report = base.sync(paths[0], options, progress=progress, wait=wait, prune_missing=prune_missing)
             else:
                 report = base.ingest(paths, options, progress=progress, wait=wait)
         if as_json:
@@ -116,11 +118,27 @@ def sync(
     title_field: Optional[str] = TITLE_FIELD,
     threads: Optional[int] = THREADS_OPTION,
     wait: float = WAIT_OPTION,
+    prune_missing: bool = typer.Option(
+        False, "--prune-missing",
+        help="Also remove what was stored from PATH or a folder in it that cannot be read (missing, "
+             "unmounted, no permission). Without it such documents are kept and sync exits 1."),
     as_json: bool = JSON_OPTION,
 ):
-    """Re-ingest only files whose content changed; remove documents of vanished files."""
+    """Re-ingest only files whose content changed; remove documents of files seen to be gone.
+
+    A file is removed only when its folder was read and the file is not there. A missing PATH or an
+    unreadable folder removes nothing, is reported by name, and makes the exit code 1.
+    """
     options = _options(glob, exclude, text_field, id_field, title_field)
-    _run_ingest(kb, [path], options, threads, wait, as_json, sync=True)
+    report = _run_ingest(kb, [path], options, threads, wait, as_json, sync=True, prune_missing=prune_missing)
+    if report.unverified and not prune_missing:
+        for item in report.unverified:
+            err.print(f"[red]error:[/] cannot read {escape(item['path'])} ({item['reason']}); kept its "
+                      f"{item['documents']} stored documents. Fix the path, or pass --prune-missing to remove them",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if report.failed and not report.ingested and not report.unchanged:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -357,7 +375,7 @@ def main() -> None:
         if code:
             raise SystemExit(code)
     except RagtuneError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
@@ -370,7 +388,13 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             raise SystemExit(exc.exit_code) from None
-        raise
+        if os.environ.get("RAGTUNE_DEBUG"):
+            raise
+        # a bug, not a user error: one line, no stack trace; nothing stored is lost (writes are transactional)
+        err.print(f"[red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc)[:500])}. "
+                  "This is a bug in ragtune; rerun with RAGTUNE_DEBUG=1 to see the traceback and report it.",
+                  highlight=False, soft_wrap=True)
+        raise SystemExit(70) from None
 
 
 if __name__ == "__main__":

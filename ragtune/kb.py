@@ -115,8 +115,13 @@ class KnowledgeBase:
         """Called by writers, under the lock, so indexes match the store when the lock is released."""
         self.retriever.refresh(writable=True)
 
-    def ingest(self, paths, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0, remove_missing: bool = False):
-        """Ingest files and directories; unchanged files are skipped by content hash."""
+    def ingest(self, paths, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0,
+               remove_missing: bool = False, prune_missing: bool = False):
+        """Ingest files and directories; unchanged files are skipped by content hash.
+
+        remove_missing: also remove stored files positively seen to be gone (what sync does).
+        prune_missing: also remove stored files under a root or folder that could not be read.
+        """
         from .ingest.pipeline import Ingestor
 
         options = options or IngestOptions()
@@ -125,15 +130,22 @@ class KnowledgeBase:
         try:
             ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)
             try:
-                return ingestor.run(roots, remove_missing=remove_missing, skip=[self.path])
+                return ingestor.run(roots, remove_missing=remove_missing, prune_missing=prune_missing, skip=[self.path])
             finally:
                 self._update_indexes()  # also after a failure: what was stored must be searchable
         finally:
             lock.release()
 
-    def sync(self, path, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0):
-        """Make the KB match `path`: re-ingest changed files, remove vanished ones."""
-        return self.ingest([path], options, progress=progress, wait=wait, remove_missing=True)
+    def sync(self, path, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0,
+             prune_missing: bool = False):
+        """Make the KB match `path`: re-ingest changed files, remove files seen to be gone.
+
+        A file is removed only when its folder was listed and the file was not in it. A missing
+        root or an unreadable folder removes nothing: it is listed in `report.unverified`. With
+        prune_missing=True the files under such paths are removed too.
+        """
+        return self.ingest([path], options, progress=progress, wait=wait, remove_missing=True,
+                           prune_missing=prune_missing)
 
     def delete(self, source: str, *, wait: float = 0.0) -> int:
         """Remove a file's documents (by path) or one document (by source); returns documents removed."""

@@ -80,7 +80,7 @@ def test_sigkill_during_ingest_then_resume_equals_clean_ingest(tmp_path):
         # wait until this run has stored something, then kill it at a random moment
         while process.poll() is None and documents_in(crash_kb / "ragtune.db") <= before and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.6))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
@@ -89,7 +89,9 @@ def test_sigkill_during_ingest_then_resume_equals_clean_ingest(tmp_path):
         if kills >= 3:
             break
     assert kills >= 3, "ingest finished before it could be killed three times"
-    assert progress[-1] < 2000
+    # files are embedded in batches across files, so documents arrive in bursts: at least one kill
+    # must have landed between bursts, with part of the corpus stored
+    assert any(0 < p < 2000 for p in progress), progress
 
     resumed = run_cli("ingest", crash_kb, corpus, "--json")
     run_cli("ingest", clean_kb, corpus, "--json")

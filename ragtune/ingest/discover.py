@@ -2,6 +2,10 @@
 
 Symlinks are followed, but each real directory is visited once (symlink loops end there) and
 broken or looping links are reported by name instead of crashing the walk.
+
+The walk also records what it *saw* (`Listing`): every folder it listed and the names in it. Sync
+removes a stored file only on that positive evidence: its folder was listed and the name was not
+there. A folder that could not be read, or a root that is missing, proves nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_EXCLUDES = [".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", ".venv/", ".DS_Store"]
@@ -22,6 +26,37 @@ class Found:
     explicit: bool = False  # named by the user rather than found in a directory
 
 
+@dataclass
+class Listing:
+    """Folders listed during one walk, with their entry names, and the paths that could not be read."""
+
+    root: Path
+    entries: dict[str, set[str]] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> why; nothing under it is known
+
+    def positively_gone(self, path: str) -> bool:
+        """True when a folder on the way from the root to `path` was listed without the next name.
+
+        False when that folder was not listed (unreadable, excluded, skipped, a symlink loop), or
+        when every folder down to the file's own listed the next name (the file is there).
+        """
+        root = str(self.root)
+        if path == root:
+            return False
+        relative = os.path.relpath(path, root)
+        if relative.startswith(os.pardir):
+            return False
+        folder = root
+        for name in relative.split(os.sep):
+            names = self.entries.get(folder)
+            if names is None:
+                return False
+            if name not in names:
+                return True
+            folder = os.path.join(folder, name)
+        return False
+
+
 def _spec(patterns: list[str]):
     import pathspec
 
@@ -29,17 +64,23 @@ def _spec(patterns: list[str]):
 
 
 def discover(
-    root: Path, include: list[str] | None = None, exclude: list[str] | None = None, skip: list[Path] | None = None
+    root: Path, include: list[str] | None = None, exclude: list[str] | None = None, skip: list[Path] | None = None,
+    listing: Listing | None = None,
 ) -> Iterator[Found]:
-    """Yield files under `root` (or `root` itself) in a stable, sorted order."""
+    """Yield files under `root` (or `root` itself) in a stable, sorted order; fill `listing` if given."""
     root = Path(root).absolute()
+    listing = listing if listing is not None else Listing(root)
     including = _spec(include or [])
     excluding = _spec(DEFAULT_EXCLUDES + list(exclude or []))
     skip_real = {os.path.realpath(p) for p in (skip or [])}
     if not os.path.lexists(root):
+        listing.unreadable[str(root)] = "no such file or directory"
         yield Found(root, "no such file or directory")
         return
     if not os.path.isdir(root):
+        # a single file: its folder is not listed, so its absence could only be inferred, never seen
+        if not os.path.exists(root):
+            listing.unreadable[str(root)] = "broken symlink"
         for found in _check_file(root):
             found.explicit = True
             yield found
@@ -50,6 +91,7 @@ def discover(
         try:
             info = os.stat(directory)
         except OSError as exc:
+            listing.unreadable[str(directory)] = _describe(exc)
             yield Found(directory, _describe(exc))
             return
         key = (info.st_dev, info.st_ino)
@@ -60,10 +102,13 @@ def discover(
             return
         visited.add(key)
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
         except OSError as exc:
+            listing.unreadable[str(directory)] = _describe(exc)
             yield Found(directory, _describe(exc))
             return
+        listing.entries[str(directory)] = {entry.name for entry in entries}
         for entry in entries:
             path = Path(entry.path)
             relative = path.relative_to(root).as_posix()

@@ -1,14 +1,17 @@
 """The ingest pipeline: discover -> load -> clean -> chunk -> embed -> store, file by file.
 
-Small documents are batched so the embedder sees full batches; each document is still committed
-in its own transaction. A file is marked ingested only after all its documents are stored, so
-a run killed half-way resumes where it stopped: finished documents are recognised by hash.
+A file is the unit of atomicity: its documents, chunks, vectors and file row commit in one
+transaction or not at all, so a file that fails half way (a hostile record, a crash, kill -9) leaves
+the previous version of that file exactly as it was. Small files wait in a queue so the embedder
+sees full batches across files; a file too big to hold in memory streams into one long transaction.
+Any exception while loading or writing a file fails that file only; the run goes on.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import os
 import stat as stat_module
 import time
@@ -17,15 +20,18 @@ from dataclasses import dataclass, field
 from itertools import chain, count, groupby, islice
 from pathlib import Path
 
+from contextlib import ExitStack
+
 from ..errors import LoaderError
 from ..store import ChunkRecord
 from .chunking import chunk_segments
-from .discover import discover
+from .discover import Listing, discover
 from .documents import FileContext
 from .loaders import loader_for
 
-BIG_DOCUMENT_CHUNKS = 2048  # documents with more chunks stream straight into the database
-FLUSH_CHUNKS = 1024  # pending small-document chunks that trigger an embedding batch
+BIG_FILE_CHUNKS = 2048  # files with more chunks stream into the database inside their transaction
+FLUSH_CHUNKS = 1024  # queued chunks (across small files) that trigger an embedding batch
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +50,8 @@ class IngestReport:
     chunks_added: int = 0
     vectors_embedded: int = 0
     failures: list[dict] = field(default_factory=list)
+    # sync: paths that could not be read, so nothing stored under them was removed
+    unverified: list[dict] = field(default_factory=list)
     skipped_files: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=lambda: {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0})
@@ -52,6 +60,17 @@ class IngestReport:
         data = dict(self.__dict__)
         data["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         return data
+
+
+@dataclass
+class _Tally:
+    """What writing one file changed; added to the report only once its transaction committed."""
+
+    added: int = 0
+    updated: int = 0
+    duplicate: int = 0
+    removed: int = 0
+    chunks: int = 0
 
 
 @dataclass
@@ -66,6 +85,26 @@ class _Doc:
     mtime: float
     metadata: dict
     chunks: list[ChunkRecord] = field(default_factory=list)
+
+
+@dataclass
+class _FileJob:
+    """One file on its way to the store: the documents to write and the state to record after."""
+
+    path: Path
+    file_hash: str
+    size: int
+    mtime: float
+    ctx: FileContext
+    docs: list[_Doc] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+    unchanged: int = 0
+    streaming: bool = False  # too big to queue: written in one long transaction while loading
+    tally: _Tally = field(default_factory=_Tally)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(d.chunks) for d in self.docs)
 
 
 def hash_file(path: Path) -> str:
@@ -134,14 +173,21 @@ class Ingestor:
         self.store, self.embedder, self.config, self.options = store, embedder, config, options
         self.report = IngestReport()
         self.progress = progress or (lambda _path: None)
-        self._pending: list[_Doc] = []
+        self._pending: list[_FileJob] = []
+        self._current_file: Path | None = None
 
-    # -- files ----------------------------------------------------------------------------
-    def run(self, roots: list[Path], *, remove_missing: bool = False, skip: list[Path] | None = None) -> IngestReport:
+    # -- folders --------------------------------------------------------------------------
+    def run(self, roots: list[Path], *, remove_missing: bool = False, prune_missing: bool = False,
+            skip: list[Path] | None = None) -> IngestReport:
+        """Ingest every root; with remove_missing, drop stored files positively seen to be gone.
+
+        prune_missing also drops files under a root or folder that could not be read at all
+        (a user who really means it; the count is logged before anything is removed).
+        """
         for root in roots:
             root = Path(root).absolute()
-            seen: set[str] = set()
-            for found in discover(root, self.options.include, self.options.exclude, skip):
+            listing, seen = Listing(root), set()
+            for found in discover(root, self.options.include, self.options.exclude, skip, listing):
                 seen.add(str(found.path))
                 if found.problem:
                     self._fail(found.path, found.problem)
@@ -149,21 +195,41 @@ class Ingestor:
                     self.ingest_file(found.path, explicit=found.explicit)
                 self.progress(found.path)
             self._flush()
-            if remove_missing:
-                for path in self.store.known_files(str(root)):
-                    if path not in seen:
-                        self.report.documents_removed += self.store.forget_file(path)
-                        self.report.removed_files += 1
+            if remove_missing or prune_missing:
+                self._remove_vanished(root, seen, listing, prune_missing)
         return self.report
 
+    def _remove_vanished(self, root: Path, seen: set[str], listing: Listing, prune: bool) -> None:
+        missing = [p for p in self.store.files_under(str(root)) if p not in seen]
+        gone = [p for p in missing if listing.positively_gone(p)]
+        unverified = [p for p in missing if p not in set(gone)]
+        for path, reason in sorted(listing.unreadable.items()):
+            kept = [p for p in unverified if p == path or p.startswith(path.rstrip(os.sep) + os.sep)]
+            documents = sum(self.store.documents_under(p) for p in kept)
+            self.report.unverified.append({"path": path, "reason": reason, "files": len(kept), "documents": documents})
+        if prune and unverified:
+            documents = sum(self.store.documents_under(p) for p in unverified)
+            log.warning("--prune-missing: removing %d documents of %d files under %s that could not be read",
+                        documents, len(unverified), root)
+            gone += unverified
+        elif unverified:
+            log.warning("kept %d stored files under %s: their folder could not be read (--prune-missing removes them)",
+                        len(unverified), root)
+        for path in gone:
+            self.report.documents_removed += self.store.forget_file(path)
+            self.report.removed_files += 1
+
     def _fail(self, path, reason: str) -> None:
+        log.warning("failed %s: %s", path, reason)
         self.report.failed += 1
         self.report.failures.append({"file": str(path), "reason": reason})
 
     def _skip(self, path, reason: str) -> None:
+        log.info("skipped %s: %s", path, reason)
         self.report.skipped += 1
         self.report.skipped_files.append({"file": str(path), "reason": reason})
 
+    # -- files ----------------------------------------------------------------------------
     def ingest_file(self, path: Path, explicit: bool = True) -> None:
         try:
             info = os.stat(path)
@@ -194,54 +260,85 @@ class Ingestor:
             self.report.unchanged += 1
             return None
         ctx = FileContext(path, file_hash, hashlib.sha256(str(path).encode()).hexdigest()[:16], self.options)
+        job = _FileJob(path, file_hash, info.st_size, info.st_mtime, ctx)
+        self._current_file = path
         try:
-            sources = self._ingest_documents(ctx, loader, info.st_mtime)
+            with ExitStack() as transaction:  # entered only for files too big to queue
+                self._load(job, loader, transaction)
+                if job.streaming:
+                    self._finish(job)
+                    transaction.close()  # commits
+                    self._done(job)
+                    return None
         except LoaderError as exc:
             self.report.warnings.extend(ctx.warnings)
             return self._skip(path, exc.reason) if exc.skipped else self._fail(path, exc.reason)
-        except (OSError, UnicodeError, ValueError, RuntimeError, MemoryError, RecursionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the per-file boundary: nothing escapes, the run goes on
+            log.debug("ingest of %s failed", path, exc_info=True)
             self.report.warnings.extend(ctx.warnings)
-            return self._fail(path, f"{type(exc).__name__}: {exc}")
-        self.report.warnings.extend(ctx.warnings)
-        self._flush()
-        for stale in set(self.store.sources_of_file(str(path))) - sources:
-            self.report.documents_removed += self.store.delete_document(stale)
-        self.store.set_file_state(str(path), file_hash, info.st_size, info.st_mtime, len(sources))
-        self.report.ingested += 1
+            return self._fail(path, f"{type(exc).__name__}: {exc}; nothing of this file was changed")
+        finally:
+            self._current_file = None
+        self._pending.append(job)
+        if sum(j.chunk_count for j in self._pending) >= FLUSH_CHUNKS:
+            self._flush()
         return None
 
-    # -- documents ------------------------------------------------------------------------
-    def _ingest_documents(self, ctx: FileContext, loader, mtime: float) -> set[str]:
-        sources: set[str] = set()
+    def _load(self, job: _FileJob, loader, transaction: ExitStack) -> None:
+        """Read the file's documents into `job`; past BIG_FILE_CHUNKS, switch to streaming writes."""
+        ctx = job.ctx
         for loaded in _Timed(loader(ctx), self.report.timings, "parse"):
-            sources.add(loaded.source)
+            job.sources.add(loaded.source)
             existing = self.store.document(loaded.source)
             if existing is not None and existing["content_hash"] == loaded.content_hash:
-                self.report.documents_unchanged += 1
+                job.unchanged += 1
                 continue
             doc = _Doc(loaded.doc_id, loaded.source, str(ctx.path), loaded.content_hash, loaded.title,
-                       mtime, loaded.metadata)
-            if self.store.duplicate_of(doc.content_hash, doc.source) is not None:
-                self._store(doc, [])
-                continue
+                       job.mtime, loaded.metadata)
             chunks = self._chunk_records(loaded.segments)
-            head = list(islice(chunks, BIG_DOCUMENT_CHUNKS))
-            if not head:
-                sources.discard(loaded.source)
-                ctx.warn(f"{loaded.source}: no text to index")
-                continue
-            if len(head) < BIG_DOCUMENT_CHUNKS:
+            room = BIG_FILE_CHUNKS - job.chunk_count
+            head = [] if job.streaming else list(islice(chunks, max(room, 0) + 1))
+            if not job.streaming and len(head) <= room:
+                if not head:
+                    job.sources.discard(loaded.source)
+                    ctx.warn(f"{loaded.source}: no text to index")
+                    continue
                 doc.chunks = head
-                self._pending.append(doc)
-                if sum(len(d.chunks) for d in self._pending) >= FLUSH_CHUNKS:
-                    self._flush()
-            else:
+                job.docs.append(doc)
+                continue
+            if not job.streaming:  # too big to queue: write it all in one long transaction
                 self._flush()
-                self._store(doc, self._embedded_batches(chain(head, chunks)))
-        if not sources:
+                transaction.enter_context(self.store.transaction())
+                job.streaming = True
+                vectors = self._vectors([c for d in job.docs for c in d.chunks])
+                for queued in job.docs:
+                    self._store(job, queued, [(queued.chunks, vectors)])
+                job.docs = []
+            if self._store(job, doc, self._embedded_batches(chain(head, chunks))) == 0:
+                job.sources.discard(loaded.source)
+                ctx.warn(f"{loaded.source}: no text to index")
+        if not job.sources:
             raise ctx.fail("no extractable text (a scanned PDF needs OCR first)", skipped=True)
-        return sources
 
+    def _finish(self, job: _FileJob) -> None:
+        """Inside the file's transaction: drop its documents that vanished, record the file."""
+        for stale in sorted(set(self.store.sources_of_file(str(job.path))) - job.sources):
+            job.tally.removed += self.store.delete_document(stale)
+        self.store.set_file_state(str(job.path), job.file_hash, job.size, job.mtime, len(job.sources))
+
+    def _done(self, job: _FileJob) -> None:
+        """After the commit: the file's counts join the report."""
+        report, tally = self.report, job.tally
+        report.warnings.extend(job.ctx.warnings)
+        report.ingested += 1
+        report.documents_unchanged += job.unchanged
+        report.documents_added += tally.added
+        report.documents_updated += tally.updated
+        report.documents_duplicate += tally.duplicate
+        report.documents_removed += tally.removed
+        report.chunks_added += tally.chunks
+
+    # -- documents ------------------------------------------------------------------------
     def _chunk_records(self, segments) -> Iterator[ChunkRecord]:
         timings = self.report.timings
         raw = document_chunks(_Timed(segments, timings, "parse"), self.embedder.tokenizer,
@@ -256,44 +353,71 @@ class Ingestor:
             yield ChunkRecord(ordinal, hashlib.sha256(chunk.text.encode()).hexdigest(), chunk.text,
                               chunk.token_count, chunk.start, chunk.end, chunk.page, chunk.metadata)
 
-    def _embed(self, chunks: list[ChunkRecord]) -> dict:
-        """Vectors for chunk texts not already stored (exact duplicates are embedded once)."""
+    def _vectors(self, chunks: list[ChunkRecord]) -> dict:
+        """A vector for every chunk: stored ones read back, new texts embedded (each text once).
+
+        Every write carries all its vectors, so it never depends on a stored content row still
+        existing when the write happens (another document of the same run may have released it).
+        """
         wanted: dict[str, str] = {}
         for chunk in chunks:
             wanted.setdefault(chunk.content_hash, chunk.text)
-        known = self.store.known_contents(list(wanted))
-        todo = [(h, t) for h, t in wanted.items() if h not in known]
-        if not todo:
-            return {}
-        started = time.perf_counter()
-        vectors = self.embedder.encode([t for _, t in todo], batch_size=self.config.batch_size)
-        self.report.timings["embed"] += time.perf_counter() - started
-        self.report.vectors_embedded += len(todo)
-        return {h: vectors[i] for i, (h, _) in enumerate(todo)}
+        vectors = self.store.stored_vectors(list(wanted))
+        todo = [(h, t) for h, t in wanted.items() if h not in vectors]
+        if todo:
+            started = time.perf_counter()
+            embedded = self.embedder.encode([t for _, t in todo], batch_size=self.config.batch_size)
+            self.report.timings["embed"] += time.perf_counter() - started
+            self.report.vectors_embedded += len(todo)
+            vectors.update({h: embedded[i] for i, (h, _) in enumerate(todo)})
+        return vectors
 
     def _embedded_batches(self, chunks):
         while batch := list(islice(chunks, self.config.batch_size * 8)):
-            yield batch, self._embed(batch)
+            yield batch, self._vectors(batch)
 
     def _flush(self) -> None:
+        """Embed the queued files' chunks in shared batches, then write each file in its own transaction."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        vectors = self._embed([c for d in pending for c in d.chunks])
-        for doc in pending:
-            self._store(doc, [(doc.chunks, vectors)])
+        try:
+            vectors = self._vectors([c for job in pending for d in job.docs for c in d.chunks])
+        except Exception as exc:  # noqa: BLE001 - fail these files, keep the run going
+            log.debug("embedding failed", exc_info=True)
+            for job in pending:
+                self._fail(job.path, f"embedding failed ({type(exc).__name__}: {exc}); nothing of this file was changed")
+            return
+        for job in pending:
+            try:
+                with self.store.transaction():
+                    for doc in job.docs:
+                        self._store(job, doc, [(doc.chunks, vectors)])
+                    self._finish(job)
+            except Exception as exc:  # noqa: BLE001 - the per-file boundary
+                log.debug("writing %s failed", job.path, exc_info=True)
+                job.tally = _Tally()
+                self._fail(job.path, f"{type(exc).__name__}: {exc}; nothing of this file was changed")
+                continue
+            self._done(job)
 
-    def _store(self, doc: _Doc, batches) -> None:
+    def _store(self, job: _FileJob, doc: _Doc, batches) -> int:
+        """Write one document (inside the file's transaction); returns its chunk count."""
         started = time.perf_counter()
         embed_before = self.report.timings["embed"]
         outcome = self.store.write_document(doc, batches)
         # streamed documents embed inside the transaction: keep that time in the embed bucket
         self.report.timings["store"] += time.perf_counter() - started - (self.report.timings["embed"] - embed_before)
         if outcome == "duplicate":
-            self.report.documents_duplicate += 1
-        elif outcome == "updated":
-            self.report.documents_updated += 1
+            job.tally.duplicate += 1
+            return 1
+        chunks = self.store.document(doc.source)["chunk_count"]
+        if chunks == 0:  # a streamed document that turned out empty
+            self.store.delete_document(doc.source)
+            return 0
+        job.tally.chunks += chunks
+        if outcome == "updated":
+            job.tally.updated += 1
         else:
-            self.report.documents_added += 1
-        if outcome != "duplicate":
-            self.report.chunks_added += self.store.document(doc.source)["chunk_count"]
+            job.tally.added += 1
+        return chunks

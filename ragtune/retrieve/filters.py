@@ -6,7 +6,7 @@ Canonical form (Python dicts, HTTP JSON)::
     {"lang": ["en", "de"]}                  membership (same as {"lang": {"in": [...]}})
     {"year": {"gte": 2020, "lt": 2024}}     numeric ranges: gt, gte, lt, lte
     {"date": {"gte": "2024-01-01"}}         ISO dates compare as text; mtime accepts ISO dates
-    {"source": {"prefix": "docs/"}}         source prefix (relative paths also match their absolute form)
+    {"source": {"prefix": "docs/"}}         under a path, by components (relative paths also match their absolute form)
     {"lang": {"ne": "fr"}}                  inequality
 
 CLI shorthand, one condition per --filter, all must hold: `lang=en`, `lang!=fr`, `lang in en,de`,
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QueryError
+from ..store.paths import prefix_sql
 
 COLUMNS = {"doc_id": "d.doc_id", "source": "d.source", "title": "d.title", "page": "c.page",
            "mtime": "d.mtime", "file": "d.file_path"}
@@ -145,16 +146,16 @@ def _to_sql(condition: Condition, params: list) -> str:
         return _membership(field, list(value), params) if value else "0"
     if op == "ne":
         return f"NOT {_membership(field, [value], params)}"
-    if op == "prefix":
+    if op == "prefix" and field in ("source", "file"):
+        # paths compare by components, exactly as sync does (store/paths.py)
         prefixes = [value]
-        if field in ("source", "file") and not os.path.isabs(value):
+        if not os.path.isabs(value):
             prefixes.append(os.path.abspath(value) + (os.sep if value.endswith(("/", os.sep)) else ""))
-        parts = []
-        for prefix in prefixes:
-            expression = _expression(field, params)
-            params.extend([len(prefix), prefix])
-            parts.append(f"substr({expression}, 1, ?) = ?")
-        return "(" + " OR ".join(parts) + ")"
+        return "(" + " OR ".join(prefix_sql(COLUMNS[field], prefix, params) for prefix in prefixes) + ")"
+    if op == "prefix":
+        expression = _expression(field, params)
+        params.extend([len(value), value])
+        return f"substr({expression}, 1, ?) = ?"
     if isinstance(value, (int, float)):
         # numbers compare numerically whether stored as JSON numbers or as numeric text
         present, compared = _expression(field, params), _expression(field, params)

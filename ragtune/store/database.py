@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KnowledgeBaseError, WriterBusyError
+from .paths import prefix_sql
 from .schema import migrate
 
 
@@ -93,6 +94,8 @@ class Store:
         else:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
+        self._depth = 0  # nesting level of transaction()
+        self._orphan_candidates: set[str] = set()
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.conn.execute("PRAGMA foreign_keys = ON")
         if not readonly:
@@ -106,12 +109,30 @@ class Store:
 
     @contextmanager
     def transaction(self):
+        """One write transaction; nested uses join the outermost one, which commits or rolls back all.
+
+        This is what makes a file's documents, chunks and vectors land together: the ingest pipeline
+        opens one transaction per file and the per-document writes nest inside it. Content rows a
+        deletion orphaned are collected just before the commit, after every insert of the
+        transaction, so a text that moves between documents keeps its stored vector.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
         self.conn.execute("BEGIN IMMEDIATE")
+        self._depth, self._orphan_candidates = 1, set()
         try:
             yield self.conn
+            self._drop_orphaned_contents()
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self.conn.execute("COMMIT")
 
     # -- metadata -------------------------------------------------------------------------
@@ -135,10 +156,17 @@ class Store:
                 (path, content_hash, size, mtime, documents, _now()),
             )
 
-    def known_files(self, prefix: str) -> list[str]:
-        like = prefix.rstrip(os.sep) + os.sep + "%"
-        rows = self.conn.execute("SELECT path FROM files WHERE path = ? OR path LIKE ?", (prefix, like))
-        return [r[0] for r in rows]
+    def files_under(self, root: str) -> list[str]:
+        """Files recorded at `root` or below it, compared by path components (see paths.py)."""
+        params: list = []
+        where = prefix_sql("path", root, params)
+        return [r[0] for r in self.conn.execute(f"SELECT path FROM files WHERE {where} ORDER BY path", params)]
+
+    def documents_under(self, root: str) -> int:
+        """How many documents came from files at `root` or below it."""
+        params: list = []
+        where = prefix_sql("file_path", root, params)
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM documents WHERE {where}", params).fetchone()[0])
 
     # -- documents ------------------------------------------------------------------------
     def document(self, source: str) -> sqlite3.Row | None:
@@ -154,6 +182,20 @@ class Store:
             part = hashes[i : i + 500]
             marks = ",".join("?" * len(part))
             found.update(r[0] for r in self.conn.execute(f"SELECT hash FROM contents WHERE hash IN ({marks})", part))
+        return found
+
+    def stored_vectors(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """{content hash: vector} for the hashes already stored.
+
+        Writers carry these along with freshly embedded vectors, so a write never depends on a
+        content row surviving until it happens (the cause of the FOREIGN KEY failures on sync).
+        """
+        found: dict[str, np.ndarray] = {}
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for digest, blob in self.conn.execute(f"SELECT hash, vector FROM contents WHERE hash IN ({marks})", part):
+                found[digest] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def duplicate_of(self, content_hash: str, source: str) -> int | None:
@@ -194,6 +236,9 @@ class Store:
         return "updated" if previous is not None else "added"
 
     def _insert_chunks(self, document_id: int, chunks: list[ChunkRecord], vectors) -> None:
+        missing = {c.content_hash for c in chunks if c.content_hash not in vectors}
+        if missing and len(self.known_contents(sorted(missing))) != len(missing):
+            raise KnowledgeBaseError(f"internal error: {len(missing)} chunk(s) arrived without a vector; nothing was written")
         self.conn.executemany(
             "INSERT OR IGNORE INTO contents(hash, text, token_count, vector) VALUES (?, ?, ?, ?)",
             [
@@ -234,9 +279,14 @@ class Store:
             )
             self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_pk,))
             return
-        hashes = [r[0] for r in self.conn.execute("SELECT content_hash FROM chunks WHERE document_id = ?", (doc_pk,))]
+        self._orphan_candidates.update(
+            r[0] for r in self.conn.execute("SELECT content_hash FROM chunks WHERE document_id = ?", (doc_pk,)))
         self.conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_pk,))
         self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_pk,))
+
+    def _drop_orphaned_contents(self) -> None:
+        """Delete content rows (text + vector) that no chunk references any more; runs before COMMIT."""
+        hashes, self._orphan_candidates = sorted(self._orphan_candidates), set()
         for i in range(0, len(hashes), 500):
             part = hashes[i : i + 500]
             marks = ",".join("?" * len(part))
@@ -247,11 +297,11 @@ class Store:
             )
 
     def forget_file(self, path: str) -> int:
-        """Delete every document of a vanished file, each in its own transaction, then the file row."""
-        removed = 0
-        for source in self.sources_of_file(path):
-            removed += self.delete_document(source)
+        """Delete every document of a file and its file row, all in one transaction."""
         with self.transaction():
+            removed = 0
+            for source in self.sources_of_file(path):
+                removed += self.delete_document(source)
             self.conn.execute("DELETE FROM files WHERE path = ?", (path,))
         return removed
 
