@@ -121,7 +121,10 @@ def discover(
             if is_dir:
                 yield from walk(path)
             elif including is None or including.match_file(relative):
-                yield from _check_file(path)
+                for found in _check_file(path):
+                    if found.problem:  # a dangling link (an unmounted folder looks like this) proves nothing
+                        listing.unreadable[str(path)] = found.problem
+                    yield found
 
     yield from walk(root)
 
