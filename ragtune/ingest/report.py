@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -41,11 +42,14 @@ def print_report(console, report) -> None:
     table.caption = f"time: {timings}"
     console.print(table)
     for item in report.failures:
-        console.print(f"[red]failed[/] {item['file']}: {item['reason']}", highlight=False)
+        console.print(f"[red]failed[/] {escape(item['file'])}: {escape(item['reason'])}", highlight=False)
+    for item in report.unverified:
+        console.print(f"[red]not checked[/] {escape(item['path'])}: {escape(item['reason'])}; its {item['documents']} "
+                      "stored documents were kept", highlight=False)
     for item in report.skipped_files:
-        console.print(f"[yellow]skipped[/] {item['file']}: {item['reason']}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(item['file'])}: {escape(item['reason'])}", highlight=False)
     for warning in report.warnings[:50]:
-        console.print(f"[dim]warning[/] {warning}", highlight=False)
+        console.print(f"[dim]warning[/] {escape(warning)}", highlight=False)
     if len(report.warnings) > 50:
         console.print(f"[dim]… and {len(report.warnings) - 50} more warnings (see --json)[/]")
 

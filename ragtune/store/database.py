@@ -1,7 +1,7 @@
 """SQLite, the knowledge base's source of truth: one writer, many readers (WAL).
 
-Each document is written in its own transaction, so a reader (or a process resuming after
-`kill -9`) sees a document either whole or not at all. Writers also hold an OS file lock, so a
+Writes nest in one transaction per file (see `transaction`), so a reader, or a process resuming
+after `kill -9`, sees each file either in its old version or in its new one. Writers also hold an OS file lock, so a
 second concurrent writer gets a clear error instead of interleaving half-finished work.
 """
 
