@@ -8,7 +8,9 @@ splitters either count characters, lose offsets, or re-tokenize whole documents 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
+from itertools import chain, groupby
 from dataclasses import dataclass, field
 
 # Characters of text tokenized at once when streaming; big enough to amortise the tokenizer call,
@@ -142,3 +144,37 @@ def chunk_segments(
 def chunk_text(text: str, tokenizer, size: int, overlap: int, **kwargs) -> list[Chunk]:
     """Chunk one in-memory text (convenience over `chunk_segments`)."""
     return list(chunk_segments([text], tokenizer, size, overlap, **kwargs))
+
+
+def document_chunks(segments, tokenizer, size: int, overlap: int) -> Iterator:
+    """Chunks of one document; sections (new_section) never share a chunk; pages are tracked."""
+    state = {"section": 0, "offset": 0}
+    page_offsets: list[int] = []
+    page_numbers: list[int] = []
+
+    def keyed():
+        for segment in segments:
+            if segment.new_section:
+                state["section"] += 1
+            yield state["section"], segment
+
+    def page_at(offset: int):
+        index = bisect.bisect_right(page_offsets, offset) - 1
+        return page_numbers[index] if index >= 0 else None
+
+    for _, group in groupby(keyed(), key=lambda item: item[0]):
+        group = iter(group)
+        _, first = next(group)
+
+        def pieces(first=first, group=group):
+            for segment in chain([first], (s for _, s in group)):
+                if segment.page is not None:
+                    page_offsets.append(state["offset"])
+                    page_numbers.append(segment.page)
+                state["offset"] += len(segment.text)
+                yield segment.text
+
+        yield from chunk_segments(
+            pieces(), tokenizer, size, overlap, base_offset=state["offset"], page_at=page_at,
+            metadata=first.metadata or {},
+        )

@@ -9,7 +9,6 @@ Any exception while loading or writing a file fails that file only; the run goes
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import os
@@ -17,14 +16,14 @@ import stat as stat_module
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain, count, groupby, islice
+from itertools import chain, count, islice
 from pathlib import Path
 
 from contextlib import ExitStack
 
 from ..errors import LoaderError
 from ..store import ChunkRecord
-from .chunking import chunk_segments
+from .chunking import document_chunks
 from .discover import Listing, discover
 from .documents import FileContext
 from .loaders import loader_for
@@ -113,40 +112,6 @@ def hash_file(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def document_chunks(segments, tokenizer, size: int, overlap: int) -> Iterator:
-    """Chunks of one document; sections (new_section) never share a chunk; pages are tracked."""
-    state = {"section": 0, "offset": 0}
-    page_offsets: list[int] = []
-    page_numbers: list[int] = []
-
-    def keyed():
-        for segment in segments:
-            if segment.new_section:
-                state["section"] += 1
-            yield state["section"], segment
-
-    def page_at(offset: int):
-        index = bisect.bisect_right(page_offsets, offset) - 1
-        return page_numbers[index] if index >= 0 else None
-
-    for _, group in groupby(keyed(), key=lambda item: item[0]):
-        group = iter(group)
-        _, first = next(group)
-
-        def pieces(first=first, group=group):
-            for segment in chain([first], (s for _, s in group)):
-                if segment.page is not None:
-                    page_offsets.append(state["offset"])
-                    page_numbers.append(segment.page)
-                state["offset"] += len(segment.text)
-                yield segment.text
-
-        yield from chunk_segments(
-            pieces(), tokenizer, size, overlap, base_offset=state["offset"], page_at=page_at,
-            metadata=first.metadata or {},
-        )
 
 
 class _Timed:
