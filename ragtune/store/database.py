@@ -96,13 +96,20 @@ class Store:
         self.conn.row_factory = sqlite3.Row
         self._depth = 0  # nesting level of transaction()
         self._orphan_candidates: set[str] = set()
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a kill -9 never corrupts or loses committed data.
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(self.conn)
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a kill -9 never corrupts or loses committed data.
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                migrate(self.conn)
+            self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise KnowledgeBaseError(
+                f"{self.path} cannot be opened as a SQLite database ({exc}); it was left untouched. "
+                "Restore it from a backup, or ingest into a new knowledge base") from None
 
     def close(self) -> None:
         self.conn.close()
