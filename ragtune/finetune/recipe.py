@@ -180,7 +180,7 @@ def validate_recipe(data: dict, *, source: str = "recipe", base_dir: Path | None
         lines = []
         for error in exc.errors():
             where = _field_path(error["loc"]) or "(top level)"
-            message = "unknown field; check the spelling against recipes/README.md" if error["type"] == "extra_forbidden" \
+            message = "unknown field; check the spelling against docs/finetune.md" if error["type"] == "extra_forbidden" \
                 else error["msg"]
             lines.append(f"{source}: {where}: {message}")
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None

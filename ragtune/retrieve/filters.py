@@ -1,6 +1,6 @@
-"""Metadata filters: one syntax for the CLI, the Python API and HTTP, resolved to chunk ids in SQLite.
+"""Metadata filters: one syntax for the CLI and the Python API (and a future HTTP API), resolved to chunk ids in SQLite.
 
-Canonical form (Python dicts, HTTP JSON)::
+Canonical form (Python dicts, or the same as JSON)::
 
     {"lang": "en"}                          equality (a list-valued field matches if it contains it)
     {"lang": ["en", "de"]}                  membership (same as {"lang": {"in": [...]}})
