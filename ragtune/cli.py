@@ -163,7 +163,7 @@ def delete(
 
 @app.command()
 def stats(kb: Path = typer.Argument(..., help="Knowledge base directory."), as_json: bool = JSON_OPTION):
-    """Counts of documents, chunks and vectors in a knowledge base."""
+    """Counts of files, documents, chunks (each unique chunk has one vector) and tokens in a knowledge base."""
     from rich.table import Table
 
     from .kb import KnowledgeBase
@@ -366,10 +366,35 @@ def demo(
         _emit_json(result)
 
 
-def main() -> None:
-    from .runtime import enforce_offline
+@app.callback()
+def _global_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what ragtune does (INFO); "
+                                          "RAGTUNE_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR overrides.")):
+    if verbose:
+        from .runtime import configure_logging
 
+        configure_logging(verbose=True, console=err)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A bad command, option or value: typer 0.29 raises its bundled click's exceptions, not click's."""
+    import click
+
+    classes = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as BundledClickException
+
+        classes.append(BundledClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(classes))
+
+
+def main() -> None:
+    from .runtime import configure_logging, enforce_offline
+
+    # The process-wide settings live here, at the entry point, never in library code.
     enforce_offline()
+    configure_logging(console=err)
     try:
         code = app(standalone_mode=False)  # non-standalone click returns typer.Exit's code instead of exiting
         if code:
@@ -383,9 +408,7 @@ def main() -> None:
         err.print("aborted")
         raise SystemExit(130) from None
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if _is_usage_error(exc):
             exc.show()
             raise SystemExit(exc.exit_code) from None
         if os.environ.get("RAGTUNE_DEBUG"):

@@ -1,11 +1,15 @@
-"""Process-level switches that must be set explicitly: offline mode and torch threads.
+"""Process-level switches that must be set explicitly: offline mode, logging and torch threads.
 
-These are process-wide by nature (environment variables, torch's thread pool), so they are set in
-one place, by the entry points, never at import.
+Environment variables and logging handlers belong to the process, so only entry points (`ragtune`'s
+`main()`, the bench scripts, the tests' conftest) call `enforce_offline` and `configure_logging`,
+once, at start. Library code never mutates `os.environ` (tests/test_runtime.py checks it): it stays
+offline through explicit arguments (`local_files_only=True` on every load from a resolved local
+folder) and sets threads through APIs (`set_torch_threads`, faiss.omp_set_num_threads).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 OFFLINE_VARIABLES = {
@@ -20,9 +24,48 @@ OFFLINE_VARIABLES = {
 
 
 def enforce_offline() -> None:
-    """Make Hugging Face libraries fail instead of downloading anything."""
+    """Make Hugging Face libraries fail instead of downloading anything, process-wide.
+
+    For entry points only, before Hugging Face libraries are imported (they read some of these
+    variables at import): it writes `os.environ`, which a library must leave to its caller.
+    """
     for key, value in OFFLINE_VARIABLES.items():
         os.environ[key] = value
+
+
+LOG_LEVEL_VARIABLE = "RAGTUNE_LOG_LEVEL"
+_HANDLER_MARK = "_ragtune_cli_handler"
+
+
+def log_level(verbose: bool = False) -> int:
+    """The level for ragtune's loggers: `$RAGTUNE_LOG_LEVEL` (a name such as DEBUG or a number) when
+    set, else INFO with `verbose`, else WARNING."""
+    name = os.environ.get(LOG_LEVEL_VARIABLE, "").strip().upper()
+    if name:
+        level = int(name) if name.isdigit() else logging.getLevelName(name)
+        if isinstance(level, int):
+            return level
+        logging.getLogger(__name__).warning("%s=%s is not a logging level (DEBUG, INFO, WARNING, ERROR); ignored",
+                                            LOG_LEVEL_VARIABLE, os.environ[LOG_LEVEL_VARIABLE])
+    return logging.INFO if verbose else logging.WARNING
+
+
+def configure_logging(verbose: bool = False, console=None) -> None:
+    """For entry points: show ragtune's log records on stderr through rich, at `log_level(verbose)`.
+
+    Calling it again (e.g. once `--verbose` has been parsed) replaces the handler it installed.
+    """
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("ragtune")
+    for handler in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(handler)
+    handler = RichHandler(console=console or Console(stderr=True), show_time=False, show_path=False,
+                          rich_tracebacks=False, markup=False)
+    setattr(handler, _HANDLER_MARK, True)
+    logger.addHandler(handler)
+    logger.setLevel(log_level(verbose))
 
 
 def quiet_transformers() -> None:

@@ -3,7 +3,14 @@ only the top blocks and the head, or a new classification layer over a pre-train
 
 from __future__ import annotations
 
+import logging
+
 from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+# Every load is from a local folder (models.cache.resolve_model_dir): never a download, whatever the
+# environment says (HF_HUB_OFFLINE is the CLI's business, not the library's).
+LOCAL_ONLY = {"local_files_only": True}
 
 
 def _require(module: str, extra: str = "train"):
@@ -18,8 +25,9 @@ def _require(module: str, extra: str = "train"):
 def load_tokenizer(model_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, **LOCAL_ONLY)
     if tokenizer.pad_token is None:
+        logger.info("%s has no padding token; padding with its end-of-sequence token", model_dir)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -41,7 +49,7 @@ def build_causal_lm(recipe, model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    options = {"dtype": torch.float32}
+    options = {"dtype": torch.float32, **LOCAL_ONLY}
     if recipe.method == "qlora":
         if not torch.cuda.is_available():
             raise ConfigError("method qlora needs a CUDA GPU: its 4-bit weights run only on bitsandbytes' CUDA kernels. "
@@ -53,6 +61,7 @@ def build_causal_lm(recipe, model_dir):
         options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                             bnb_4bit_compute_dtype=torch.bfloat16,
                                                             bnb_4bit_use_double_quant=True)
+    logger.info("loading %s for %s training", model_dir, recipe.method)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **options)
     model.config.use_cache = False  # a KV cache is for generation; in training it only holds memory (run.py restores it)
     if recipe.method in ("lora", "qlora"):
@@ -98,8 +107,10 @@ def build_classifier(recipe, model_dir, labels: list[str]):
     from transformers import AutoModelForSequenceClassification
 
     label2id = {label: i for i, label in enumerate(labels)}
+    logger.info("loading %s with a new %d-label output layer", model_dir, len(labels))
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id, dtype=torch.float32)
+        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id, dtype=torch.float32,
+        **LOCAL_ONLY)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", 0)
     if recipe.classify.freeze_layers:

@@ -12,6 +12,7 @@ Run directory layout (what export, ask --model and resume rely on):
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..runtime import set_torch_threads
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,16 +110,42 @@ def _prepare_run_dir(recipe, resume: bool) -> tuple[Path, str | None]:
     return run_dir, last if resume else None
 
 
+def build_trainer(recipe, model, tokenizer, train_features: list, validation_features: list, labels,
+                  checkpoints: Path, *, progress: bool = True, callbacks=()):
+    """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights."""
+    from .encode import PadCollator
+    from .trainer import (balanced_class_weights, classification_metrics, early_stopping_callbacks, make_trainer_class,
+                          training_arguments)
+
+    has_validation = bool(validation_features)
+    trainer = make_trainer_class()(
+        model=model,
+        args=training_arguments(recipe, checkpoints, has_validation=has_validation, progress=progress),
+        train_dataset=train_features,
+        eval_dataset=validation_features if has_validation else None,
+        data_collator=PadCollator(tokenizer, classification=recipe.is_classifier),
+        processing_class=tokenizer,
+        compute_metrics=classification_metrics if recipe.is_classifier else None,
+        callbacks=[*early_stopping_callbacks(recipe, has_validation), *callbacks],
+    )
+    trainer.is_classifier = recipe.is_classifier
+    if recipe.is_classifier and recipe.classify.class_weights == "balanced":
+        trainer.class_weights = balanced_class_weights([f["labels"] for f in train_features], len(labels))
+    if not progress:  # without a progress bar transformers prints every log dict to stdout
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def train(recipe, *, resume: bool = False, progress: bool = True, console=None, callbacks=()) -> TrainResult:
     """Train `recipe` (a validated Recipe) and write its run directory."""
     from rich.console import Console
 
     from ..models.cache import resolve_model_dir
     from ..runtime import quiet_transformers
-    from .encode import PadCollator
     from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
     from .report import plot_losses, print_summary
-    from .trainer import classification_metrics, early_stopping_callbacks, make_trainer_class, training_arguments
 
     console = console or Console(stderr=True)
     warn = lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)  # noqa: E731
@@ -141,29 +170,18 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
             "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
 
-    trainer = make_trainer_class()(
-        model=model,
-        args=training_arguments(recipe, run_dir / "checkpoints", has_validation=has_validation, progress=progress),
-        train_dataset=train_set.features,
-        eval_dataset=validation_set.features if has_validation else None,
-        data_collator=PadCollator(tokenizer, classification=recipe.is_classifier),
-        processing_class=tokenizer,
-        compute_metrics=classification_metrics if recipe.is_classifier else None,
-        callbacks=[*early_stopping_callbacks(recipe, has_validation), *callbacks],
-    )
-    trainer.is_classifier = recipe.is_classifier
-    if recipe.is_classifier and recipe.classify.class_weights == "balanced":
-        from .trainer import balanced_class_weights
-
-        trainer.class_weights = balanced_class_weights([f["labels"] for f in train_set.features], len(labels))
-    if not progress:  # without a progress bar transformers prints every log dict to stdout
-        from transformers import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
+    trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,
+                            run_dir / "checkpoints", progress=progress, callbacks=callbacks)
     console.print(f"training {recipe.name}: {recipe.method} on {recipe.model}, {trainable:,} of {total:,} parameters "
                   f"trainable, {data['train_examples']} train / {data['validation_examples']} validation examples"
                   + (f", resuming from {Path(last).name}" if last else ""), highlight=False)
+    logger.info("training %s (%s on %s) in %s: %d train / %d validation examples, %s%s", recipe.name, recipe.method,
+                model_dir, run_dir, data["train_examples"], data["validation_examples"],
+                f"batch {recipe.training.batch_size} x accumulation {recipe.training.gradient_accumulation}",
+                f", resuming from {last}" if last else "")
     output = trainer.train(resume_from_checkpoint=last)
+    logger.info("training %s finished after %d steps in %.0f s", recipe.name, trainer.state.global_step,
+                time.perf_counter() - started)
 
     final_dir = run_dir / "model"
     if not recipe.is_classifier:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from ..runtime import enforce_offline
 from .registry import ModelSpec, get_model, is_local_model_dir
 
+logger = logging.getLogger(__name__)
 COMPLETE_MARKER = ".ragtune-complete"
 
 
@@ -81,8 +83,11 @@ def _convert_gguf(spec: ModelSpec, gguf_file: Path, target: Path, progress) -> N
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress(f"converting {spec.name} from GGUF once (30-70 s); later loads use the cache")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    logger.info("converting %s from %s to safetensors in %s", spec.name, gguf_file, target)
+    started = time.perf_counter()
+    # local_files_only: a local GGUF file, never a download (offline without relying on HF_HUB_OFFLINE)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True)
     # The weights are now plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -97,24 +102,27 @@ def _convert_gguf(spec: ModelSpec, gguf_file: Path, target: Path, progress) -> N
         )
         (staging / COMPLETE_MARKER).touch()
         if target.exists():
+            logger.info("replacing %s (left by an interrupted or concurrent conversion)", target)
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    logger.info("converted %s in %.0f s; cached in %s", spec.name, time.perf_counter() - started, target)
 
 
 def resolve_model_dir(name: str | Path, cache_dir: Path | None = None, progress=lambda _m: None) -> Path:
     """A local directory loadable by transformers / sentence-transformers for `name`.
 
-    `name` is a registered model (or alias) or a local Hugging Face model directory.
+    `name` is a registered model (or alias) or a local Hugging Face model directory. Nothing is
+    downloaded: loaders given the result pass `local_files_only=True`.
     """
-    enforce_offline()
     if is_local_model_dir(name):
         return Path(name).expanduser().resolve()
     spec = get_model(str(name))
     paths = spec.local_files()
     if spec.format == "sentence-transformers":
+        logger.debug("model %s: %s", spec.name, paths[0])
         return paths[0]
     if spec.format not in ("gguf", "gguf-parts"):
         from ..errors import ConfigError
@@ -123,16 +131,21 @@ def resolve_model_dir(name: str | Path, cache_dir: Path | None = None, progress=
     cache_dir = Path(cache_dir or default_cache_dir())
     found = conversion_dir(spec, cache_dir)
     if found:
+        logger.debug("model %s: cached conversion %s", spec.name, found)
         return found
     digest = hash_files(paths)
     target = cache_dir / "converted" / f"{spec.name}-{digest[:16]}"
-    if not (target / COMPLETE_MARKER).exists():
+    if (target / COMPLETE_MARKER).exists():
+        logger.info("model %s: source files hashed again, unchanged; reusing the conversion in %s", spec.name, target)
+    else:
         if spec.format == "gguf":
             _convert_gguf(spec, paths[0], target, progress)
         else:
+            cache_dir.mkdir(parents=True, exist_ok=True)  # the parts are joined inside it
             with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
                 joined = Path(tmp) / f"{spec.name}.gguf"
                 progress(f"joining {len(paths)} parts of {spec.name}")
+                logger.info("joining %d parts of %s into %s", len(paths), spec.name, joined)
                 with open(joined, "wb") as out:
                     for part in paths:
                         with open(part, "rb") as handle:

@@ -12,13 +12,17 @@ FAISS IDSelector; past 10% tombstones the graph is rebuilt.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..models.cache import hash_files
 from ..store import feed
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 TOMBSTONE_REBUILD = 0.10
@@ -56,8 +60,18 @@ class DenseIndex:
                 return self._rebuild(store)
             changes = feed.changes_since(store, self.position)
             self._apply(store, changes)
-            expected = self.kind_for(self.size)
-            if self.size != feed.chunk_count(store) or expected != self.kind or self._too_many_tombstones():
+            expected, count = self.kind_for(self.size), feed.chunk_count(store)
+            if self.size != count:
+                logger.info("%s: dense index holds %d vectors but the store %d chunks; rebuilding it",
+                            self.directory, self.size, count)
+                return self._rebuild(store)
+            if expected != self.kind:
+                logger.info("%s: %d chunks; switching the dense index from %s to %s", self.directory, count,
+                            self.kind, expected)
+                return self._rebuild(store)
+            if self._too_many_tombstones():
+                logger.info("%s: %d of %d HNSW entries are deleted; rebuilding the graph", self.directory,
+                            len(self.tombstones), self.index.ntotal)
                 return self._rebuild(store)
         return self
 
@@ -65,14 +79,26 @@ class DenseIndex:
         import faiss
 
         data_path, meta_path = self.paths
+        if not meta_path.exists():
+            logger.info("%s: no dense index on disk; building it from the stored vectors", self.directory)
+            return False
         try:
             meta = json.loads(meta_path.read_text())
             if (meta.get("format"), meta.get("dimension"), meta.get("signature")) != (FORMAT, self.dimension, self.signature):
+                logger.info("%s: the dense index was built for %s (%s dimensions, format %s), the store holds %s "
+                            "vectors; rebuilding it", self.directory, meta.get("signature"), meta.get("dimension"),
+                            meta.get("format"), self.signature)
                 return False
-            if meta["position"] < feed.log_floor(store) or hash_files([data_path]) != meta["sha256"]:
+            if meta["position"] < feed.log_floor(store):
+                logger.info("%s: the dense index is older than the change log kept; rebuilding it", self.directory)
+                return False
+            if hash_files([data_path]) != meta["sha256"]:
+                logger.warning("%s does not match its checksum (a save cut short?); rebuilding it from the stored "
+                               "vectors", data_path)
                 return False
             self.index = faiss.read_index(str(data_path))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            logger.warning("%s: dense index unreadable (%s); rebuilding it from the stored vectors", self.directory, exc)
             return False
         self.kind, self.position = meta["kind"], meta["position"]
         self.tombstones = set(meta.get("tombstones", []))
@@ -94,6 +120,7 @@ class DenseIndex:
         return faiss.IndexIDMap2(graph)
 
     def _rebuild(self, store) -> "DenseIndex":
+        started = time.perf_counter()
         count = feed.chunk_count(store)
         self.kind = self.kind_for(count)
         self.index = self._empty(self.kind)
@@ -102,6 +129,8 @@ class DenseIndex:
         for ids, matrix in feed.iter_vectors(store):
             self.index.add_with_ids(matrix, ids)
         self.dirty = self.rebuilt = True
+        logger.info("%s: built the dense index (%s, %d vectors) in %.2f s", self.directory, self.kind, self.size,
+                    time.perf_counter() - started)
         return self
 
     def _apply(self, store, changes: feed.Changes) -> None:
@@ -119,6 +148,8 @@ class DenseIndex:
         new = [i for i in changes.added if i not in present]  # replaying is idempotent
         for ids, matrix in feed.iter_vectors(store, new):
             self.index.add_with_ids(matrix, ids)
+        logger.info("%s: dense index caught up with the store: %d chunk(s) added, %d removed", self.directory,
+                    len(new), len(gone))
         self.position = changes.position
         self.dirty = True
 

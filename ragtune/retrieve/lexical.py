@@ -14,11 +14,15 @@ document is indexed with each of its chunks, as BEIR's BM25 baselines do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..store import feed
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 ANALYZER = "ragtune_en"
@@ -87,7 +91,12 @@ class LexicalIndex:
             elif writable:
                 self.position = changes.position
             if writable and self.size != feed.chunk_count(store):
+                logger.info("%s: lexical index holds %d chunks but the store %d; rebuilding it", self.directory,
+                            self.size, feed.chunk_count(store))
                 return self._rebuild(store)
+            if not writable and self.position < changes.position:
+                logger.info("%s: lexical index is %d changes behind; searching what it holds until a writer "
+                            "updates it", self.directory, changes.position - self.position)
         return self
 
     def is_current(self, store) -> bool:
@@ -96,19 +105,29 @@ class LexicalIndex:
     def _open(self, store) -> bool:
         import tantivy
 
+        if not self.meta_path.exists():
+            logger.info("%s: no lexical index on disk; building it from the stored chunks", self.directory)
+            return False
         try:
             meta = json.loads(self.meta_path.read_text())
             if meta.get("format") != FORMAT or meta["position"] < feed.log_floor(store):
+                logger.info("%s: the lexical index is of another format or older than the change log kept; "
+                            "rebuilding it", self.directory)
                 return False
             if not tantivy.Index.exists(str(self.data_dir)):
+                logger.warning("%s is missing; rebuilding the lexical index from the stored chunks", self.data_dir)
                 return False
             index = tantivy.Index(self.schema, path=str(self.data_dir), reuse=True)
             index.register_tokenizer(ANALYZER, self.analyzer)
             if index.searcher().num_docs != meta["size"]:
+                logger.warning("%s holds %d chunks where its metadata says %d (a save cut short?); rebuilding it",
+                               self.data_dir, index.searcher().num_docs, meta["size"])
                 return False
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException:  # noqa: BLE001 - a damaged index can raise anything, pyo3 panics included
+        except BaseException as exc:  # noqa: BLE001 - a damaged index can raise anything, pyo3 panics included
+            logger.warning("%s: lexical index unreadable (%s); rebuilding it from the stored chunks", self.directory,
+                           exc)
             return False
         self.index, self.position = index, meta["position"]
         return True
@@ -117,6 +136,7 @@ class LexicalIndex:
         """Re-index every chunk; a reader without the KB's writer lock builds in memory only."""
         import tantivy
 
+        started = time.perf_counter()
         self.persistent = persist
         if persist:
             shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -132,6 +152,9 @@ class LexicalIndex:
                 writer.add_document(tantivy.Document(chunk_id=chunk_id, body=text))
         self._commit(writer)
         self.rebuilt = True
+        logger.info("%s: built the lexical index (%d chunks%s) in %.2f s", self.directory, self.size,
+                    "" if persist else ", in memory only: no write access to the knowledge base now",
+                    time.perf_counter() - started)
         return self
 
     def _apply(self, store, changes: feed.Changes) -> None:
@@ -145,6 +168,8 @@ class LexicalIndex:
                 writer.add_document(tantivy.Document(chunk_id=chunk_id, body=text))
         self.position = changes.position
         self._commit(writer)
+        logger.info("%s: lexical index caught up with the store: %d chunk(s) added, %d removed", self.directory,
+                    len(changes.added), len(changes.removed))
 
     def _writer(self):
         return self.index.writer(heap_size=64_000_000, num_threads=1)

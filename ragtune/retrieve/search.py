@@ -7,6 +7,7 @@ the default; weights tilt it toward one retriever.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from ..store import feed
 from . import filters as filter_module
 from .hits import Hit, check_query, hydrate
 
+logger = logging.getLogger(__name__)
 MODES = ("hybrid", "dense", "lexical")
 INDEX_DIR = "index"
 MAX_K = 1000
@@ -106,6 +108,8 @@ class Retriever:
         if not writable and not self.store.readonly:
             lock = self.kb.try_writer()
             writable = lock is not None
+        logger.debug("%s: bringing the indexes up to the store (%s)", self.directory,
+                     "persisting them" if writable else "in memory only, without write access")
         try:
             with feed.snapshot(self.store):
                 dense = self.dense()
@@ -117,6 +121,7 @@ class Retriever:
                     dense.save()
                 positions = [self.lexical().position] + ([dense.position] if dense is not None else [])
                 feed.prune_log(self.store, min(positions))
+                logger.debug("%s: indexes saved at change-log position %d", self.directory, min(positions))
         finally:
             if lock is not None:
                 lock.release()

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from ..errors import KnowledgeBaseError
+
+logger = logging.getLogger(__name__)
 
 MIGRATIONS: list[str] = [
     # 1: documents, chunks and content-addressed chunk texts + vectors.
@@ -84,6 +87,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"this knowledge base has schema version {version}, newer than this ragtune "
             f"({len(MIGRATIONS)}); upgrade ragtune"
         )
+    applied = []
     for number in range(version, len(MIGRATIONS)):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -99,4 +103,14 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        applied.append(number + 1)
+    if applied and version == 0:
+        logger.info("%s: created the schema (version %d)", _database_name(conn), applied[-1])
+    elif applied:  # an existing knowledge base, upgraded by this ragtune
+        logger.info("%s: migrated the schema from version %d to %d", _database_name(conn), applied[0] - 1, applied[-1])
     return len(MIGRATIONS)
+
+
+def _database_name(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return (row[2] if row else "") or "in-memory database"
