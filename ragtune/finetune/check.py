@@ -189,7 +189,7 @@ def length_problems(path: str, examples: list, model: str, max_length: int) -> t
     directory = resolve_model_dir(model)
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--model {model!r}: cannot load its tokenizer from {directory} ({exc})") from None
     if any(isinstance(e, ChatExample) for e in examples) and not tokenizer.chat_template:

@@ -49,16 +49,16 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, over
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(recipe.model), dtype=torch.float32)
-            model = PeftModel.from_pretrained(base, trained).merge_and_unload()
+            base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(recipe.model), dtype=torch.float32, local_files_only=True)
+            model = PeftModel.from_pretrained(base, trained).merge_and_unload()  # a local folder: peft reads it directly
         elif recipe.is_classifier:
             from transformers import AutoModelForSequenceClassification
 
-            model = AutoModelForSequenceClassification.from_pretrained(trained, dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(trained, dtype=torch.float32, local_files_only=True)
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32, local_files_only=True)
         model.save_pretrained(out)
         load_tokenizer(trained).save_pretrained(out)
     (out / "README.md").write_text(model_card(recipe, run_dir, merged=merge), encoding="utf-8")
