@@ -30,6 +30,8 @@ def find_docs() -> Path:
 def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = None, docs: Path | None = None,
              quiet: bool = False, model: str | None = None, max_new_tokens: int = 96) -> dict:
     """Run the demo; with quiet=True nothing is printed and the caller gets the results to emit."""
+    from rich.markup import escape
+
     from .answer.rag import ask
     from .answer.report import print_answer_sources
     from .generate import make_generator
@@ -44,7 +46,7 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
         kb_path = Path(workdir or tmp) / "kb"
         if not quiet:
             out.rule("ragtune demo")
-            out.print(f"knowledge base: {kb_path}\ndocuments: {docs}")
+            out.print(escape(f"knowledge base: {kb_path}\ndocuments: {docs}"))
         with KnowledgeBase.init(kb_path, exist_ok=True) as kb:
             kb.threads = threads
             with progress_callback(err, enabled=not quiet) as progress:
@@ -57,7 +59,7 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
             timings["model_load_s"] = round(time.perf_counter() - t0, 2)
             for number, question in enumerate(QUESTIONS, start=1):
                 if not quiet:
-                    out.rule(f"question {number}: {question}")
+                    out.rule(escape(f"question {number}: {question}"))
                 stream = None if quiet else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
                 result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream)
                 answers.append({"question": question, **result.as_dict()})
@@ -68,5 +70,5 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
             stats = kb.stats()
     timings["total_s"] = round(time.perf_counter() - started, 2)
     if not quiet:
-        out.print(f"{stats['documents']} documents, {stats['chunks']} chunks; timings: {timings}")
+        out.print(escape(f"{stats['documents']} documents, {stats['chunks']} chunks; timings: {timings}"))
     return {"stats": stats, "answers": answers, "timings": timings}

@@ -51,14 +51,18 @@ class Hit:
 
 def test_citation_check_maps_valid_flags_unknown_and_uncited():
     sources = [Hit(1), Hit(2)]
+    sources[0].text = "The festival is held in Kremsville every March."
     sources[1].text = "Smoked plums are eaten by visitors at the festival."
     check = check_citations("Kremsville hosts the festival [1]. It runs every March [1, 3]. Plums are smoked there too.", sources)
     assert [c.n for c in check.citations] == [1, 2] and check.citations[0].doc_id == "d1"
     assert not check.citations[0].inferred and check.citations[1].inferred  # sentence 3 matched to source 2
     assert check.unknown == [3]
     assert check.uncited_sentences == ["Plums are smoked there too."]
+    assert [s.status for s in check.sentences] == ["supported", "supported", "inferred"]
     assert not check.grounded  # an unknown citation
-    assert check_citations("It is Kremsville [2].", sources).grounded
+    assert check_citations("It is Kremsville [1].", sources).grounded
+    wrong = check_citations("It is Kremsville [2].", sources)  # [2] exists but says nothing about Kremsville
+    assert wrong.cited_unsupported_sentences == ["It is Kremsville [2]."] and not wrong.grounded
     vague = check_citations("Quantum chromodynamics explains everything here.", sources)
     assert vague.unsupported_sentences and not vague.grounded
 
@@ -68,11 +72,16 @@ def test_answer_from_real_model_cites_the_document_that_holds_it(small_kb, smoll
     assert result.found
     assert result.prompt.sources[0].source.endswith("festival.txt")  # retrieval put it first
     assert "Kremsville" in result.answer
-    # SmolLM2-135M often answers without writing [n]; then the citation is inferred from the text
+    # SmolLM2-135M often answers without writing [n]; then the checker matches each sentence to a source. It
+    # also adds facts of its own ("held in Kremsville, Germany."): such a sentence is unsupported, and says why.
+    assert result.check.sentences, result.answer
+    for sentence in result.check.sentences:
+        assert result.prompt.sources[sentence.source - 1].source.endswith("festival.txt"), result.answer
+        assert sentence.status in ("supported", "inferred") or sentence.missing, sentence
     cited = {c.source.rsplit("/", 1)[-1] for c in result.check.citations}
-    assert cited == {"festival.txt"}, result.answer
+    assert cited <= {"festival.txt"}, result.answer
     data = result.as_dict()
-    assert set(data["citations"][0]) >= {"n", "doc_id", "source", "chunk_id", "start", "end", "page"}
+    assert set(data["sentences"][0]) >= {"text", "status", "cited", "support_score"}
     assert "Zorblat" in data["prompt"] and data["timings"]["completion_tokens"] > 0
 
 
@@ -107,7 +116,17 @@ def test_openai_compatible_endpoint_streams_an_answer(small_kb):
     assert result.answer == "It is held in Kremsville [1]."
     assert len(pieces) > 3  # streamed word by word
     assert result.check.grounded and result.check.citations[0].source.endswith("festival.txt")
+    assert result.check.sentences[0].status == "supported" and "check_s" in result.timings
     assert seen[0]["model"] == "served-model" and seen[0]["stream"] is True
+
+
+def test_ask_flags_a_citation_of_the_wrong_source(small_kb):
+    with fake_openai(reply="It is held in Kremsville every March [2].") as (url, _seen):
+        result = ask(small_kb, "Where is the Zorblat festival held?", make_generator("m", base_url=url), k=3)
+    assert result.prompt.sources[0].source.endswith("festival.txt")  # so [2] is another document
+    [sentence] = result.check.sentences
+    assert sentence.status == "cited_unsupported" and not result.check.grounded
+    assert result.as_dict()["sentences"][0]["status"] == "cited_unsupported"
 
 
 @pytest.mark.parametrize("behaviour, message", [("slow", "did not answer in time"), ("garbage", "not a chat completion"),
@@ -125,6 +144,8 @@ def test_cli_ask_json(small_kb):
     data = json.loads(result.stdout)
     assert set(data) >= {"answer", "citations", "prompt", "timings"}
     assert data["citations"][0]["source"].endswith("festival.txt") and data["citations"][0]["n"] == 1
+    assert set(data["citations"][0]) >= {"n", "doc_id", "source", "chunk_id", "start", "end", "page"}
+    assert data["grounded"] and data["sentences"][0]["status"] == "supported"
     missing = run_cli("ask", small_kb.path, "What is the boiling point of liquid nitrogen?", "--json", "--base-url", url)
     assert json.loads(missing.stdout)["found"] is False
 

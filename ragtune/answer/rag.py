@@ -1,4 +1,4 @@
-"""`ragtune ask`: retrieve, check relevance, build the prompt, generate, verify citations."""
+"""`ragtune ask`: retrieve, check relevance, build the prompt, generate, check that citations support."""
 
 from __future__ import annotations
 
@@ -71,4 +71,8 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
                    first_token_s=round(result.first_token_seconds or 0.0, 3), prompt_tokens=result.prompt_tokens,
                    completion_tokens=result.completion_tokens, tokens_per_s=round(result.tokens_per_second, 1),
                    sources_given=len(prompt.sources), sources_dropped=prompt.dropped)
-    return Answer(question, text, prompt, check_citations(text, prompt.sources), True, score, timings, query)
+    t0 = time.perf_counter()
+    # the KB's own embedder (already loaded by the search) also scores each sentence against its sources
+    check = check_citations(text, prompt.sources, embedder=kb.embedder)
+    timings["check_s"] = round(time.perf_counter() - t0, 3)
+    return Answer(question, text, prompt, check, True, score, timings, query)
