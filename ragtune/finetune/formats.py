@@ -6,27 +6,25 @@ lines. Line numbers are the 1-based physical line where a record starts, so they
 for JSONL, JSON arrays and CSV rows alike (CSV: the header is line 1).
 
 Bad records never stop a read: each becomes a `Problem` naming file, line, field and the fix, and is
-skipped (the first problem of a record is reported); the trainer and `data check` share this code.
+skipped (the first problem of a record is reported); the trainer and `data check` share this code,
+and the parsing underneath is the record reader that knowledge-base ingest uses too.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, LoaderError
+from ..errors import ConfigError
+from ..ingest.record_reader import Problem, RecordReader
 
 FORMATS = ("chat", "alpaca", "sharegpt", "prompt_completion", "classify")
 OUTPUTS = ("chat", "alpaca", "classify")
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-_CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _SHAPES = {
     "chat": '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
     "alpaca": '{"instruction": "...", "input": "", "output": "..."}',
@@ -34,7 +32,6 @@ _SHAPES = {
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
     "classify": '{"text": "...", "label": "..."}',
 }
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 @dataclass
@@ -52,25 +49,6 @@ class ClassifyExample:
     label: str
     text_pair: str | None = None
     line: int = 0
-
-
-@dataclass
-class Problem:
-    """One thing wrong with one record (line 0: the whole file); `fix` tells the user what to do."""
-
-    path: str
-    line: int
-    field: str
-    message: str
-    fix: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.field}: {self.message} ({self.fix})"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -115,8 +93,18 @@ def _text(record: dict, key: str, *, where: str | None = None, required: bool = 
     return value
 
 
+def _finite(value) -> bool:
+    """A JSON number that fits a float (a 400-digit integer overflows float() and math.isfinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _weight(value, where: str, *, per_message: bool = False) -> float:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    number = _finite(value)
     if per_message and not (number and value in (0, 1)):
         raise _Bad(where, f"message weight must be 0 or 1, got {value!r}", "use 0 to skip learning this reply, 1 to learn it")
     if not (number and value >= 0):
@@ -206,148 +194,63 @@ def _json_type(value) -> str:
         type(value), "a number")
 
 
-def _decode(path: str, data: bytes, problems: list[Problem]) -> tuple[str, set[int]]:
-    """The text, and the lines that are not UTF-8 (each reported; their records are skipped)."""
-    try:
-        return data.decode("utf-8-sig"), set()
-    except UnicodeDecodeError:
-        pass
-    bad = set()
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.add(number)
-            problems.append(Problem(path, number, "encoding", f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
-                                    "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"))
-    return data.decode("utf-8-sig", errors="replace"), bad
-
-
-def _json_lines(path: str, text: str, bad: set[int], problems: list[Problem]) -> list[tuple[int, object]]:
-    records = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if number in bad or not line.strip():
-            continue
-        try:
-            records.append((number, json.loads(line)))
-        except (ValueError, RecursionError) as exc:
-            why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            problems.append(Problem(path, number, "json", f"invalid JSON: {why}", "make the line one complete JSON object; "
-                                    "look for a missing quote or brace, or a trailing comma"))
-    return records
-
-
-def _json_array(path: str, text: str, bad: set[int], problems: list[Problem]) -> list[tuple[int, object]]:
-    """Elements of a top-level JSON array with the line each starts on.
-
-    Hand-written around `raw_decode` because `json.load` gives no element positions; a syntax error
-    ends the read there (nothing after it can be located), keeping the elements before it.
-    """
-    decoder, records = json.JSONDecoder(), []
-    pos, line, counted = text.index("[") + 1, 1, 0
-    while True:
-        pos = _WHITESPACE.match(text, pos).end()
-        if pos < len(text) and text[pos] == "]":
-            return records
-        line, counted = line + text.count("\n", counted, pos), pos
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except (ValueError, RecursionError) as exc:
-            error = isinstance(exc, json.JSONDecodeError)
-            problems.append(Problem(path, exc.lineno if error else line, "json", "invalid JSON: " + (
-                f"{exc.msg} at column {exc.colno}" if error else "nested too deeply"),
-                "fix the syntax there; the rest of the array cannot be read past it"))
-            return records
-        if not bad & set(range(line, line + text.count("\n", pos, end) + 1)):
-            records.append((line, value))
-        pos = _WHITESPACE.match(text, end).end()
-        if pos < len(text) and text[pos] == ",":
-            pos += 1
-        elif pos >= len(text) or text[pos] != "]":
-            where = line + text.count("\n", counted, min(pos, len(text)))
-            problems.append(Problem(path, where, "json", "expected ',' or ']' after an array element",
-                                    "separate elements with commas and close the array with ]"))
-            return records
-
-
-def _csv_examples(path: str, text: str, bad: set[int], delimiter: str, problems: list[Problem]) -> list:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader, [])]
+def _csv_examples(reader: RecordReader, records: list, problems: list[Problem]) -> list:
+    """Classification examples from CSV/TSV rows: a header naming text[,text_pair],label is required."""
+    if reader.header is None:
+        return []
+    header = [h.lower() for h in reader.header]
     first = "text" if "text" in header or "sentence1" not in header else "sentence1"
     missing = [column for column in (first, "label") if column not in header]
-    problems += [Problem(path, 1, column, f"no {column!r} column (header: {', '.join(header)})",
+    problems += [Problem(reader.name, reader.header_line, column, f"no {column!r} column (header: {', '.join(header)})",
                          "name the columns text[,text_pair],label in the first row") for column in missing]
     if missing:
         return []
-    examples, previous = [], reader.line_num
-    while True:
+    examples = []
+    for record in records:
         try:
-            row = next(reader)
-        except StopIteration:
-            return examples
-        except csv.Error as exc:
-            problems.append(Problem(path, reader.line_num, "csv", str(exc), "fix the quoting of this row"))
-            previous = reader.line_num
-            continue
-        start, previous = previous + 1, reader.line_num
-        if not any(cell.strip() for cell in row) or bad & set(range(start, previous + 1)):
-            continue
-        if len(row) != len(header):
-            problems.append(Problem(path, start, "row", f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}",
-                                    f'quote fields that contain {delimiter!r} or line breaks: "a{delimiter} b"'))
-            continue
-        try:
-            examples.append(_classify(dict(zip(header, row)), start))
+            examples.append(_classify({k.lower(): v for k, v in record.value.items()}, record.line))
         except _Bad as exc:
-            problems.append(exc.problem(path, start, "classify"))
+            problems.append(exc.problem(reader.name, record.line, "classify"))
+    return examples
 
 
 def read_examples(path, format: str = "auto") -> ReadResult:
-    """Read a fine-tuning file; the format comes from the first record with recognisable keys."""
+    """Read a fine-tuning file; the format comes from the first record with recognisable keys.
+
+    The shared record reader does the parsing (see ragtune/ingest/record_reader.py): every bad line
+    is a Problem here, undecodable lines are reported rather than guessed at, ragged CSV rows skipped.
+    """
     if format not in ("auto", *FORMATS):
         raise ConfigError(f"--format {format!r} is not one of auto, {', '.join(FORMATS)}")
     path = Path(path).expanduser()
-    name, problems = str(path), []
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LoaderError(name, "no such file; check the path") from None
-    except OSError as exc:
-        raise LoaderError(name, f"cannot read ({exc.strerror or exc}); give a readable JSONL, JSON or CSV file") from None
-    if not data.strip():
-        return ReadResult("unknown", [], [Problem(name, 0, "file", "the file is empty", "add one example per line")])
-    if b"\x00" in data[:8192]:
-        return ReadResult("unknown", [], [Problem(name, 0, "file", "binary file (NUL bytes), not text",
-                                                  "give a UTF-8 JSONL, JSON or CSV file (re-save UTF-16 as UTF-8)")])
-    text, bad = _decode(name, data, problems)
-    delimiter = _CSV_DELIMITERS.get(path.suffix.lower())
-    if delimiter:
+    reader = RecordReader(path, guess_encoding=False, sniff_delimiter=False, ragged="skip")
+    records = list(reader)  # fine-tuning files are small; raises LoaderError when unreadable
+    name, problems = reader.name, reader.problems
+    if reader.kind in ("csv", "tsv"):
         if format not in ("auto", "classify"):
             raise ConfigError(f"{name}: CSV/TSV files hold classification data (text[,text_pair],label); "
                               f"--format {format} needs JSONL")
-        return ReadResult("classify", _csv_examples(name, text, bad, delimiter, problems), problems)
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        records = _json_array(name, text, bad, problems)
-    else:
-        records = _json_lines(name, text, bad, problems)
-    fmt = format if format != "auto" else next((f for _, r in records if (f := detect_format(r))), None)
+        return ReadResult("classify", _csv_examples(reader, records, problems), problems)
+    fmt = format if format != "auto" else next((f for r in records if (f := detect_format(r.value))), None)
     if fmt is None:
         if records:
-            line, record = records[0]
+            record = records[0].value
             keys = sorted(record) if isinstance(record, dict) else _json_type(record)
-            problems.append(Problem(name, line, "keys", f"cannot tell the format from {keys}",
+            problems.append(Problem(name, records[0].line, "keys", f"cannot tell the format from {keys}",
                                     "use one of " + "; ".join(f"{k}: {v}" for k, v in _SHAPES.items())))
         return ReadResult("unknown", [], problems)
     examples = []
-    for line, record in records:
-        if not isinstance(record, dict):
-            problems.append(Problem(name, line, "json", f"expected a JSON object, got {_json_type(record)}",
+    for record in records:
+        if not isinstance(record.value, dict):
+            problems.append(Problem(name, record.line, "json", f"expected a JSON object, got {_json_type(record.value)}",
                                     f"write one object per line, like {_SHAPES[fmt]}"))
             continue
         try:
-            examples.append(_classify(record, line) if fmt == "classify" else _chat_example(fmt, record, line))
+            example = _classify(record.value, record.line) if fmt == "classify" else _chat_example(fmt, record.value, record.line)
         except _Bad as exc:
-            problems.append(exc.problem(name, line, fmt))
+            problems.append(exc.problem(name, record.line, fmt))
+            continue
+        examples.append(example)
     return ReadResult(fmt, examples, problems)
 
 

@@ -55,7 +55,16 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _looks_binary(sample: bytes) -> bool:
+class NotText(ValueError):
+    """The start of a file is not text in any encoding ragtune reads; `kind` is "binary" or "encoding"."""
+
+    def __init__(self, kind: str, reason: str, fix: str):
+        super().__init__(reason)
+        self.kind, self.reason, self.fix = kind, reason, fix
+
+
+def looks_binary(sample: bytes) -> bool:
+    """NUL bytes, or more than 10% control bytes: an executable, image or archive, not text."""
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return False
     if b"\x00" in sample:
@@ -64,29 +73,54 @@ def _looks_binary(sample: bytes) -> bool:
     return len(sample) > 0 and controls / len(sample) > 0.10
 
 
+def sniff_encoding(sample: bytes, *, guess_legacy: bool = True) -> tuple[str, str | None]:
+    """(codec, note) for a file that starts with `sample`; the note says what was guessed.
+
+    UTF-8 (a BOM is dropped) when the sample decodes as UTF-8, UTF-16 when it has a UTF-16 BOM.
+    Otherwise, with `guess_legacy`, charset-normalizer's guess (Windows-1252 exports are common in
+    document folders); without it, still UTF-8, so the caller reports each undecodable line instead
+    of silently turning the whole file into mojibake (what fine-tuning data needs).
+    Raises NotText for binary content, or for non-UTF-8 that no encoding fits.
+    """
+    if looks_binary(sample[:BINARY_SAMPLE_BYTES]):
+        raise NotText("binary", "binary content (NUL or control bytes), not text",
+                      "convert it to UTF-8 text, or exclude the file")
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", None
+    if sample.startswith(codecs.BOM_UTF8):  # declared UTF-8: bad bytes further on are errors, not a hint
+        return "utf-8-sig", None
+    try:
+        codecs.getincrementaldecoder("utf-8-sig")().decode(sample, final=False)
+        return "utf-8-sig", None
+    except UnicodeDecodeError as exc:
+        if not guess_legacy:
+            return "utf-8-sig", None
+        start = exc.start
+    from charset_normalizer import from_bytes
+
+    try:
+        best = from_bytes(sample).best()
+    except Exception:  # a guesser failing on odd bytes must not fail the file differently
+        best = None
+    if best is None:
+        raise NotText("encoding", f"not valid UTF-8 (byte {start}) and no other text encoding fits",
+                      "convert it to UTF-8")
+    return best.encoding, f"not valid UTF-8; decoded as {best.encoding}"
+
+
 def detect_encoding(ctx: FileContext) -> str:
-    """UTF-8 when the start of the file decodes as UTF-8; otherwise charset-normalizer's guess."""
+    """The file's codec (see sniff_encoding); binary or undecodable files fail with a LoaderError."""
     with open(ctx.path, "rb") as handle:
         sample = handle.read(READ_BLOCK_BYTES)
-    if _looks_binary(sample[:BINARY_SAMPLE_BYTES]):
-        raise ctx.fail(f"binary content in a {ctx.path.suffix or 'extensionless'} file; exclude it with --exclude")
-    if sample.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
-        return "utf-8"
-    except UnicodeDecodeError as exc:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(sample).best()
-        if best is None:
-            raise ctx.fail(
-                f"not valid UTF-8 (byte {exc.start}) and no other text encoding fits; convert it to UTF-8"
-            ) from None
-        ctx.warn(f"{ctx.path}: not valid UTF-8; decoded as {best.encoding}")
-        return best.encoding
+        encoding, note = sniff_encoding(sample)
+    except NotText as exc:
+        if exc.kind == "binary":
+            raise ctx.fail(f"binary content in a {ctx.path.suffix or 'extensionless'} file; exclude it with --exclude") from None
+        raise ctx.fail(f"{exc.reason}; {exc.fix}") from None
+    if note:
+        ctx.warn(f"{ctx.path}: {note}")
+    return encoding
 
 
 def read_text(ctx: FileContext) -> str:
