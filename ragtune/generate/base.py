@@ -11,11 +11,17 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 @dataclass
 class Generation:
-    """One completion and what it cost."""
+    """One completion and what it cost.
+
+    Token counts are exact when the backend tokenized the text itself (local models) or the server
+    reported them; `usage_estimated` is True when they are a character-based guess instead, so a
+    budget or a report can say so rather than present a guess as a measurement.
+    """
 
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_estimated: bool = False
     seconds: float = 0.0
     first_token_seconds: float | None = None
     finish_reason: str = "stop"

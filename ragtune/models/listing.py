@@ -1,4 +1,8 @@
-"""`ragtune models`: the registry joined with what is installed and cached here."""
+"""`ragtune models`: the registry joined with what is installed and cached here.
+
+Each row says what the model is for (its role: `embedder` for `ragtune init --embedder`, `chat` for
+`--model`), which runtime loads it, and whether it is installed, with the pip command if not.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from rich.table import Table
 
 from .cache import cache_state, default_cache_dir
 from .registry import registered_models
+
+ROLE_USE = {"embedder": "ragtune init --embedder", "chat": "ragtune ask/chat --model, fine-tuning base"}
 
 
 def model_rows(cache_dir=None) -> list[dict]:
@@ -15,7 +21,8 @@ def model_rows(cache_dir=None) -> list[dict]:
         installed = spec.installed
         size = spec.size_bytes() if installed else None
         rows.append({
-            "name": spec.name, "kind": spec.kind, "installed": installed,
+            "name": spec.name, "role": spec.kind, "kind": spec.kind, "use": ROLE_USE.get(spec.kind, ""),
+            "format": spec.format, "dimensions": spec.dimensions, "installed": installed,
             "size_mb": round(size / 1e6, 1) if size else None, "licence": spec.licence,
             "cache": cache_state(spec, cache_dir), "packages": list(spec.packages),
             "install": None if installed else spec.install_command, "notes": spec.notes,
@@ -25,11 +32,12 @@ def model_rows(cache_dir=None) -> list[dict]:
 
 def print_models(console, rows: list[dict]) -> None:
     table = Table(title="packaged models")
-    for column in ("name", "kind", "installed", "size", "licence", "cache"):
+    for column in ("name", "role", "runtime", "installed", "size", "licence", "cache"):
         table.add_column(column)
     for row in rows:
+        role = f"{row['role']} ({row['dimensions']}-d)" if row.get("dimensions") else row["role"]
         table.add_row(
-            row["name"], row["kind"], "yes" if row["installed"] else "[red]no[/]",
+            row["name"], role, row["format"], "yes" if row["installed"] else "[red]no[/]",
             f"{row['size_mb']:.0f} MB" if row["size_mb"] else "-", row["licence"], row["cache"],
         )
     console.print(table)

