@@ -213,14 +213,16 @@ def search(
 MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or local model directory (default SmolLM2-135M-Instruct); with --base-url, the served model's name.")
 API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key.")
 TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint.")
+BACKEND_OPTION = typer.Option("auto", "--backend", help="Local runtime: auto (llama.cpp for GGUF models where it is installed, else transformers), llamacpp or transformers.")
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
 
 
-def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template):
+def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto"):
     from .answer.prompt import Templates
     from .generate import make_generator
 
-    generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout)
+    generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout,
+                               backend=backend)
     templates = Templates.from_files(system=system_template, question=question_template)
     return generator, templates
 
@@ -230,6 +232,7 @@ def ask(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     question: str = typer.Argument(..., help="The question."),
     model: Optional[str] = MODEL_OPTION,
+    backend: str = BACKEND_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -247,7 +250,7 @@ def ask(
     from .answer.rag import ask as run_ask
     from .kb import KnowledgeBase
 
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend)
     with KnowledgeBase.open(kb, threads=threads) as base:
         stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
@@ -264,6 +267,7 @@ def ask(
 def chat(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     model: Optional[str] = MODEL_OPTION,
+    backend: str = BACKEND_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -276,7 +280,7 @@ def chat(
     from .answer.chat import ChatSession
     from .kb import KnowledgeBase
 
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend)
     with KnowledgeBase.open(kb, threads=threads) as base:
         session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens, templates=templates)
         while True:
@@ -356,12 +360,13 @@ def demo(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to build the demo KB (default: a temp dir)."),
     threads: Optional[int] = THREADS_OPTION,
     model: Optional[str] = typer.Option(None, "--model", help="Generator (default SmolLM2-135M-Instruct; `qwen` after `make models-qwen` answers better)."),
+    backend: str = BACKEND_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Build a knowledge base from ragtune's own docs/ and answer three questions with citations."""
     from .demo import run_demo
 
-    result = run_demo(out, err, workdir=workdir, threads=threads, quiet=as_json, model=model)
+    result = run_demo(out, err, workdir=workdir, threads=threads, quiet=as_json, model=model, backend=backend)
     if as_json:
         _emit_json(result)
 

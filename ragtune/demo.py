@@ -28,7 +28,8 @@ def find_docs() -> Path:
 
 
 def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = None, docs: Path | None = None,
-             quiet: bool = False, model: str | None = None, max_new_tokens: int = 96) -> dict:
+             quiet: bool = False, model: str | None = None, max_new_tokens: int = 96,
+             backend: str = "auto") -> dict:
     """Run the demo; with quiet=True nothing is printed and the caller gets the results to emit."""
     from rich.markup import escape
 
@@ -55,7 +56,7 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
                 print_report(out, report)
             timings["ingest_s"] = round(time.perf_counter() - started, 2)
             t0 = time.perf_counter()
-            generator = make_generator(model, threads=threads).load()
+            generator = make_generator(model, threads=threads, backend=backend).load()
             timings["model_load_s"] = round(time.perf_counter() - t0, 2)
             for number, question in enumerate(QUESTIONS, start=1):
                 if not quiet:

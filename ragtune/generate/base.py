@@ -61,16 +61,43 @@ def collect(generator, messages: list[dict], on_text=None, **options) -> Generat
     return result
 
 
+BACKENDS = ("auto", "llamacpp", "transformers")
+
+
+def choose_backend(model: str, backend: str = "auto") -> str:
+    """`llamacpp` for GGUF models (packaged ones, or a .gguf path) where llama.cpp runs on this machine,
+    else `transformers`; an explicit choice is kept (and fails clearly at load if it cannot run)."""
+    from ..errors import ConfigError
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    from ..models.gguf import is_gguf_path
+    from ..models.registry import find_model
+    from .llamacpp import unavailable_reason
+
+    spec = find_model(str(model))
+    gguf = is_gguf_path(model) or (spec is not None and spec.format in ("gguf", "gguf-parts"))
+    return "llamacpp" if gguf and unavailable_reason() is None else "transformers"
+
+
 def make_generator(model: str | None = None, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                    precision: str = "auto", threads: int | None = None, timeout: float = 120.0,
-                   max_retries: int = 2, context_window: int | None = None):
-    """A local model (registered name or model directory) or, with base_url, an OpenAI-compatible endpoint."""
+                   max_retries: int = 2, context_window: int | None = None, backend: str = "auto"):
+    """A local model (registered name, .gguf file or model directory) or, with base_url, an
+    OpenAI-compatible endpoint. Local GGUF models run on llama.cpp where it is installed (backend auto)."""
     if base_url:
         from .remote import OpenAICompatibleGenerator
 
         return OpenAICompatibleGenerator(model or "default", base_url=base_url, api_key_env=api_key_env,
                                          timeout=timeout, max_retries=max_retries,
                                          context_window=context_window or 8192)
+    model = model or DEFAULT_MODEL
+    if choose_backend(model, backend) == "llamacpp":
+        from .llamacpp import LlamaCppGenerator
+
+        return LlamaCppGenerator(model, threads=threads, context_window=context_window)
     from .local import LocalGenerator
 
-    return LocalGenerator(model or DEFAULT_MODEL, precision=precision, threads=threads, context_window=context_window)
+    return LocalGenerator(model, precision=precision, threads=threads, context_window=context_window)
