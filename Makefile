@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ragtune-installed
 DEVSTAMP := $(VENV)/.ragtune-dev-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test install install-dev models-qwen bench clean
+.PHONY: demo test install install-dev models-qwen llamacpp bench clean
 
 demo: $(STAMP)
 	$(BIN)/ragtune demo
@@ -49,3 +49,12 @@ bench: $(DEVSTAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Optional for now: the llama.cpp generation backend (llama-cpp-python built from source, about 7 minutes
+# on 2 cores). Built for the AVX2 baseline every supported CPU has (no -march=native: a cached build
+# must not crash on another CPU); ragtune checks the CPU flags before loading it.
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+	-DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DGGML_OPENMP=ON
+llamacpp: $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PIP) install 'llama-cpp-python==0.3.36'

@@ -90,15 +90,16 @@ class LlamaCppGenerator:
 
     @staticmethod
     def _trained_context(path: Path) -> int | None:
-        from llama_cpp import Llama
+        """The context length the model was trained for, from the GGUF header (gguf-py, memory-mapped)."""
+        from gguf import GGUFReader
 
-        probe = Llama(model_path=str(path), n_ctx=16, vocab_only=True, verbose=False)
-        try:
-            return int(probe.n_ctx_train())
-        except (AttributeError, ValueError):
+        reader = GGUFReader(str(path))
+        arch = reader.fields.get("general.architecture")
+        if arch is None:
             return None
-        finally:
-            probe.close()
+        name = bytes(arch.parts[arch.data[0]]).decode()
+        field = reader.fields.get(f"{name}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
 
     def _chat_formatter(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
