@@ -14,6 +14,7 @@ loading so an older CPU gets a clear error, never an illegal instruction.
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import logging
 import time
@@ -59,6 +60,9 @@ def _load(path: str, n_ctx: int, threads: int | None, batch_threads: int | None)
     started = time.perf_counter()
     model = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads or threads,
                   n_batch=512, verbose=False)
+    # free it while the interpreter is intact: left to garbage collection at exit, llama-cpp-python's
+    # finaliser runs after its own module is torn down and prints a TypeError traceback
+    atexit.register(model.close)
     logger.info("loaded %s on llama.cpp in %.1f s (context %d)", path, time.perf_counter() - started, n_ctx)
     return model
 
@@ -115,7 +119,9 @@ class LlamaCppGenerator:
 
     @property
     def context_window(self) -> int:
-        return int(self.load()._llm.n_ctx())
+        # llama.cpp rounds the context it allocates up (to 256); the budget is what was asked for
+        allocated = int(self.load()._llm.n_ctx())
+        return min(self._context_window or allocated, allocated)
 
     def count_tokens(self, text: str) -> int:
         return len(self.load()._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
