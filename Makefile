@@ -43,6 +43,8 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/retrieval_quality.py --threads 2
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/runtimes.py
+	$(BIN)/python bench/citation_check.py
 	$(BIN)/python bench/rag_qa.py --limit 100
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/pubmedqa.py

@@ -26,7 +26,7 @@ from .base import Generation
 
 logger = logging.getLogger(__name__)
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
-INSTALL_HINT = "install it with `make install` (builds llama-cpp-python for this CPU), or use --backend transformers"
+INSTALL_HINT = "install it with `make llamacpp` (builds llama-cpp-python, about 7 minutes), or use --backend transformers"
 
 
 def cpu_flags() -> set[str]:
