@@ -167,7 +167,8 @@ class Ingestor:
     def _remove_vanished(self, root: Path, seen: set[str], listing: Listing, prune: bool) -> None:
         missing = [p for p in self.store.files_under(str(root)) if p not in seen]
         gone = [p for p in missing if listing.positively_gone(p)]
-        unverified = [p for p in missing if p not in set(gone)]
+        gone_set = set(gone)
+        unverified = [p for p in missing if p not in gone_set]
         for path, reason in sorted(listing.unreadable.items()):
             kept = [p for p in unverified if p == path or p.startswith(path.rstrip(os.sep) + os.sep)]
             documents = sum(self.store.documents_under(p) for p in kept)
