@@ -172,21 +172,23 @@ class Ingestor:
         for path, reason in sorted(listing.unreadable.items()):
             kept = [p for p in unverified if p == path or p.startswith(path.rstrip(os.sep) + os.sep)]
             documents = sum(self.store.documents_under(p) for p in kept)
-            self.report.unverified.append({"path": path, "reason": reason, "files": len(kept), "documents": documents})
+            self.report.unverified.append({"path": path, "reason": reason, "files": len(kept), "documents": documents,
+                                           "removed": prune})
         if prune and unverified:
             documents = sum(self.store.documents_under(p) for p in unverified)
             log.warning("--prune-missing: removing %d documents of %d files under %s that could not be read",
                         documents, len(unverified), root)
             gone += unverified
         elif unverified:
-            log.warning("kept %d stored files under %s: their folder could not be read (--prune-missing removes them)",
+            log.info("kept %d stored files under %s: their folder could not be read (--prune-missing removes them)",
                         len(unverified), root)
         for path in gone:
             self.report.documents_removed += self.store.forget_file(path)
             self.report.removed_files += 1
 
     def _fail(self, path, reason: str) -> None:
-        log.warning("failed %s: %s", path, reason)
+        # INFO, not WARNING: the report carries failures to the user; -v shows them as they happen
+        log.info("failed %s: %s", path, reason)
         self.report.failed += 1
         self.report.failures.append({"file": str(path), "reason": reason})
 

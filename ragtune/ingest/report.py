@@ -44,8 +44,9 @@ def print_report(console, report) -> None:
     for item in report.failures:
         console.print(f"[red]failed[/] {escape(item['file'])}: {escape(item['reason'])}", highlight=False)
     for item in report.unverified:
+        fate = "removed (--prune-missing)" if item.get("removed") else "kept"
         console.print(f"[red]not checked[/] {escape(item['path'])}: {escape(item['reason'])}; its {item['documents']} "
-                      "stored documents were kept", highlight=False)
+                      f"stored documents were {fate}", highlight=False)
     for item in report.skipped_files:
         console.print(f"[yellow]skipped[/] {escape(item['file'])}: {escape(item['reason'])}", highlight=False)
     for warning in report.warnings[:50]:
