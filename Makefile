@@ -42,8 +42,8 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/ingest.py --threads 2
 	$(BIN)/python bench/retrieval_quality.py --threads 2
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/streaming_overhead.py
 	$(BIN)/python bench/generation.py
-	$(BIN)/python bench/runtimes.py
 	$(BIN)/python bench/citation_check.py
 	$(BIN)/python bench/rag_qa.py --limit 100
 	$(BIN)/python bench/train_throughput.py

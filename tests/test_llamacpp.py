@@ -1,5 +1,5 @@
 """The llama.cpp backend on the packaged SmolLM2 GGUF: chat template, streaming, exact token counts,
-prefix reuse, and agreement with transformers on the same weights."""
+prefix reuse, batched decoding, the measured weight-format choice, and agreement with transformers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ MESSAGES = [{"role": "system", "content": "You answer in one short sentence."},
 
 @pytest.fixture(scope="module")
 def generator():
-    return LlamaCppGenerator("SmolLM2-135M-Instruct", threads=2).load()
+    return LlamaCppGenerator("SmolLM2-135M-Instruct", threads=2, slots=4).load()
 
 
 def test_auto_backend_picks_llamacpp_for_packaged_gguf():
@@ -27,7 +27,7 @@ def test_auto_backend_picks_llamacpp_for_packaged_gguf():
 def test_chat_template_streaming_and_exact_counts(generator):
     tokens, stop = generator.encode_chat(MESSAGES)
     # the GGUF's own ChatML template, with the assistant turn opened
-    prompt = generator._llm.detokenize(tokens, special=True).decode()
+    prompt = generator.detokenize(tokens, special=True)
     assert prompt.startswith("<|im_start|>system") and prompt.rstrip().endswith("<|im_start|>assistant")
     pieces = []
     result = generator.generate(MESSAGES, max_new_tokens=32, on_text=pieces.append)
@@ -60,20 +60,65 @@ def test_follow_up_reuses_the_shared_prefix(generator):
     shared = next(i for i, (a, b) in enumerate(zip(prefix, tokens)) if a != b) if tokens[: len(prefix)] != prefix \
         else len(prefix)
     assert shared > 200  # the long system prompt is common to both
-    evaluated = []
-    real_eval = generator._llm.eval
+    second = generator.generate(follow, max_new_tokens=4)
+    assert second.prompt_tokens == len(tokens)
+    assert second.extra["prompt_evaluated"] <= len(tokens) - shared + 1, (second.extra, len(tokens), shared)
 
-    def counting_eval(batch):
-        evaluated.append(len(batch))
-        return real_eval(batch)
 
-    generator._llm.eval = counting_eval
-    try:
-        generator.generate(follow, max_new_tokens=4)
-    finally:
-        generator._llm.eval = real_eval
-    prompt_evaluated = evaluated[0]
-    assert prompt_evaluated <= len(tokens) - shared + 1, (prompt_evaluated, len(tokens), shared)
+def test_batched_sequences_match_one_at_a_time(generator):
+    """Four conversations decoded together give the answers each gives alone (greedy), and a question
+    behind a system prompt another sequence already holds evaluates only its own tokens."""
+    system = {"role": "system", "content": "Answer briefly. " * 30}
+    questions = ["What is the capital of France?", "What colour is the sky?", "Name a large animal.",
+                 "What is two plus two?"]
+    conversations = [[system, {"role": "user", "content": q}] for q in questions]
+    alone = [generator.generate(c, max_new_tokens=12) for c in conversations]
+    generator._engine.forget()
+    together = generator.generate_many(conversations, max_new_tokens=12)
+    assert [r.text.split()[:4] for r in together] == [r.text.split()[:4] for r in alone]
+    shared_prompt = min(r.prompt_tokens for r in together) - 20
+    assert sum(r.extra["prompt_evaluated"] < shared_prompt for r in together) >= 3
+
+
+def test_stop_and_cancel_free_the_slot(generator):
+    """A caller that stops reading (an exception in its callback) frees its sequence for the next one."""
+    def boom(_piece):
+        raise KeyboardInterrupt
+
+    for _ in range(generator.slots + 1):
+        with pytest.raises(KeyboardInterrupt):
+            generator.generate(MESSAGES, max_new_tokens=64, on_text=boom)
+    assert "Paris" in generator.generate(MESSAGES, max_new_tokens=24).text
+
+
+def test_weight_format_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """The fastest format is picked by measurement, cached by source hash and machine, and a different
+    CPU (other flags) measures again instead of reusing a choice made elsewhere."""
+    from ragtune.generate import llamacpp, llamacpp_formats
+    from ragtune.models.gguf import gguf_file
+
+    source = gguf_file("SmolLM2-135M-Instruct")
+    calls = []
+
+    def fake_measure(paths, threads):
+        calls.append(sorted(paths))
+        speeds = {"source": (100, 50), "Q4_0": (300, 55), "Q8_0": (250, 45), "F16": (260, 30), "F32": (280, 20)}
+        return {f: {"prefill_tok_s": speeds[f][0], "decode_tok_s": speeds[f][1], "size_mb": 1.0} for f in paths}
+
+    monkeypatch.setattr(llamacpp_formats, "measure", fake_measure)
+    path, fmt = llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path)
+    assert fmt == "Q4_0" and path.is_file() and path.parent.parent == tmp_path / "llamacpp"
+    assert sorted(p.name for p in path.parent.glob("*.gguf")) == ["Q4_0.gguf"]  # the losers are not kept
+    assert llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path) == (path, "Q4_0") and len(calls) == 1
+    assert llamacpp_formats.cached_choice(source, tmp_path) == "Q4_0"
+    monkeypatch.setattr(llamacpp, "cpu_flags", lambda: {"avx2", "fma", "f16c"})
+    other, _ = llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path)
+    assert len(calls) == 2 and other.parent != path.parent
+    assert llamacpp_formats.runtime_gguf(source, weight_format="source", cache_dir=tmp_path) == (source, "source")
+    from ragtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--weight-format"):
+        llamacpp_formats.runtime_gguf(source, weight_format="Q3", cache_dir=tmp_path)
 
 
 @pytest.mark.slow

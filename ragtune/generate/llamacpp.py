@@ -2,10 +2,9 @@
 
 Why a second local runtime: decoding the packaged Q4 models with llama.cpp is several times faster
 than transformers' dequantised fp32 on a CPU (bench/generation.py), which is what a user would
-otherwise get from Ollama. The prompt is rendered with the GGUF's own chat template, tokenised by
-the GGUF's vocabulary, and generated token by token here so that token counts are exact and the KV
-cache of a shared prompt prefix (a system prompt, earlier chat turns) is reused: llama-cpp-python's
-`generate` keeps the evaluated tokens and only evaluates what differs from the previous call.
+otherwise get from Ollama. The prompt is rendered with the GGUF's own chat template and tokenised by
+the GGUF's vocabulary; generation runs on `LlamaCppEngine` (continuous batching over one loaded
+model, sampling in C, KV-cache reuse of a shared prompt prefix), so token counts are exact.
 
 The wheel is built from source by `make` for the AVX2 baseline every machine here has (a build with
 runtime dispatch over all CPU variants took over 17 minutes on 2 cores); the CPU is checked before
@@ -54,41 +53,51 @@ def unavailable_reason() -> str | None:
 
 
 @lru_cache(maxsize=2)
-def _load(path: str, n_ctx: int, threads: int | None, batch_threads: int | None):
-    from llama_cpp import Llama
+def _engine(path: str, n_ctx: int, slots: int, threads: int | None, lora: str | None):
+    from .llamacpp_engine import LlamaCppEngine
 
     started = time.perf_counter()
-    model = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads or threads,
-                  n_batch=512, verbose=False)
-    # free it while the interpreter is intact: left to garbage collection at exit, llama-cpp-python's
-    # finaliser runs after its own module is torn down and prints a TypeError traceback
-    atexit.register(model.close)
-    logger.info("loaded %s on llama.cpp in %.1f s (context %d)", path, time.perf_counter() - started, n_ctx)
-    return model
+    engine = LlamaCppEngine(path, n_ctx=n_ctx, slots=slots, threads=threads, lora=lora)
+    # free it while the interpreter is intact (a finaliser at exit runs after ctypes is torn down)
+    atexit.register(engine.close)
+    logger.info("loaded %s on llama.cpp in %.1f s (%d tokens x %d sequences)", path,
+                time.perf_counter() - started, n_ctx, slots)
+    return engine
 
 
 class LlamaCppGenerator:
-    """Greedy (or sampled) generation of a GGUF model on llama.cpp, streamed to a callback."""
+    """Greedy (or sampled) generation of a GGUF model on llama.cpp, streamed to a callback.
 
-    def __init__(self, model: str, *, threads: int | None = None, context_window: int | None = None):
+    `slots` sequences decode together on one loaded model: `generate` may be called from several
+    threads at once, and `generate_many` runs a list of conversations as one batch.
+    """
+
+    def __init__(self, model: str, *, threads: int | None = None, context_window: int | None = None,
+                 slots: int = 1, lora: str | None = None, weight_format: str = "auto"):
         self.name = str(model)
+        self.weight_format = weight_format
+        self.runtime_format: str | None = None  # what was loaded: 'source' or a re-quantised type
         self.threads = threads
+        self.slots = max(1, int(slots))
+        self.lora = lora
         self._context_window = context_window
-        self._llm = None
+        self._engine = None
         self._formatter = None
 
     def load(self) -> "LlamaCppGenerator":
-        if self._llm is not None:
+        if self._engine is not None:
             return self
         reason = unavailable_reason()
         if reason:
             raise ConfigError(f"--backend llamacpp: {reason}")
         from ..models.gguf import gguf_file
+        from .llamacpp_formats import runtime_gguf
 
-        path = gguf_file(self.name)
-        trained = self._trained_context(path)
+        source = gguf_file(self.name)
+        trained = self._trained_context(source)
         n_ctx = int(min(self._context_window or 8192, trained or 8192))
-        self._llm = _load(str(path), n_ctx, self.threads, self.threads)
+        path, self.runtime_format = runtime_gguf(source, weight_format=self.weight_format, threads=self.threads)
+        self._engine = _engine(str(path), n_ctx, self.slots, self.threads, self.lora)
         self._formatter = self._chat_formatter()
         return self
 
@@ -108,72 +117,92 @@ class LlamaCppGenerator:
     def _chat_formatter(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        metadata = self._llm.metadata
-        template = metadata.get("tokenizer.chat_template")
+        engine = self._engine
+        template = engine.metadata("tokenizer.chat_template")
         if not template:
             raise ConfigError(f"{self.name} has no chat template in its GGUF metadata; it cannot be used for chat")
-        vocab = self._llm
-        eos = vocab.detokenize([vocab.token_eos()], special=True).decode("utf-8", "ignore")
-        bos = vocab.detokenize([vocab.token_bos()], special=True).decode("utf-8", "ignore") if vocab.token_bos() >= 0 else ""
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+        return Jinja2ChatFormatter(template=template, eos_token=engine.special_text(engine.eos()),
+                                   bos_token=engine.special_text(engine.bos()), add_generation_prompt=True)
 
     @property
     def context_window(self) -> int:
-        # llama.cpp rounds the context it allocates up (to 256); the budget is what was asked for
-        allocated = int(self.load()._llm.n_ctx())
-        return min(self._context_window or allocated, allocated)
+        return self.load()._engine.n_ctx_seq
 
     def count_tokens(self, text: str) -> int:
-        return len(self.load()._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.load()._engine.tokenize(text, special=False))
 
     def encode_chat(self, messages: list[dict]) -> tuple[list[int], list[str]]:
         """Prompt token ids rendered with the GGUF's chat template (assistant turn opened), and stop strings."""
         self.load()
         rendered = self._formatter(messages=messages)
-        tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
+        tokens = self._engine.tokenize(rendered.prompt, special=True)
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, stop
 
-    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 on_text=None) -> Generation:
-        """Generate in the calling thread; `on_text(piece)` receives text as it decodes."""
-        import llama_cpp
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        engine = self.load()._engine
+        return b"".join(engine.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def _submit(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int = 0):
+        from .llamacpp_engine import Request
 
         tokens, stop = self.encode_chat(messages)
         if len(tokens) + max_new_tokens > self.context_window:
             raise ConfigError(
                 f"prompt is {len(tokens)} tokens and {max_new_tokens} more are asked for, beyond {self.name}'s "
                 f"{self.context_window}-token context; lower --max-tokens or retrieve fewer chunks (--k)")
-        llm = self._llm
-        result = Generation(model=self.name, prompt_tokens=len(tokens))
+        request = Request(tokens=tokens, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self._engine.submit(request), stop
+
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 on_text=None, seed: int = 0) -> Generation:
+        """Generate; `on_text(piece)` receives text as it decodes, in the calling thread."""
+        started = time.perf_counter()
+        request, stop = self._submit(messages, max_new_tokens, temperature, seed)
+        return self._collect(request, stop, started, on_text)
+
+    def generate_many(self, conversations: list[list[dict]], *, max_new_tokens: int = 256,
+                      temperature: float = 0.0) -> list[Generation]:
+        """Complete several conversations together (up to `slots` decode in one batch), in order."""
+        started = time.perf_counter()
+        submitted = [self._submit(messages, max_new_tokens, temperature) for messages in conversations]
+        return [self._collect(request, stop, started, None) for request, stop in submitted]
+
+    def _collect(self, request, stop: list[str], started: float, on_text) -> Generation:
+        engine = self._engine
+        result = Generation(model=self.name, prompt_tokens=len(request.tokens))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        started, text, emitted = time.perf_counter(), "", 0
+        text, emitted, finish = "", 0, "length"
         holdback = max((len(s) for s in stop), default=0)
-        finish = "length"
-        options = {"temp": temperature, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.0}
-        for count, token in enumerate(llm.generate(tokens, **options), start=1):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                finish = "stop"
-                result.completion_tokens = count - 1
-                break
-            text += decoder.decode(llm.detokenize([token], special=False))
-            result.completion_tokens = count
-            cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-                break
-            if result.first_token_seconds is None and text:
-                result.first_token_seconds = time.perf_counter() - started
-            ready = len(text) - holdback  # a stop string may be arriving: hold its length back
-            if on_text and ready > emitted:
-                on_text(text[emitted:ready])
-                emitted = ready
-            if count >= max_new_tokens:
-                break
+        try:
+            while True:
+                kind, value = request.events.get()
+                if kind == "error":
+                    raise ConfigError(f"{self.name} on llama.cpp: {value}") from value
+                if kind == "done":
+                    finish = value
+                    break
+                text += decoder.decode(engine.piece(value))
+                result.completion_tokens += 1
+                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                    request.cancelled.set()
+                    break
+                if result.first_token_seconds is None and text:
+                    result.first_token_seconds = time.perf_counter() - started
+                ready = len(text) - holdback  # a stop string may be arriving: hold its length back
+                if on_text and ready > emitted:
+                    on_text(text[emitted:ready])
+                    emitted = ready
+        except BaseException:
+            request.cancelled.set()  # the caller went away (an error, Ctrl-C): free the slot
+            raise
         text += decoder.decode(b"", final=True)
         if on_text and len(text) > emitted:
             on_text(text[emitted:])
         result.text, result.finish_reason = text, finish
         result.seconds = time.perf_counter() - started
         result.first_token_seconds = result.first_token_seconds or result.seconds
+        result.extra["prompt_evaluated"] = request.prompt_evaluated
         return result

@@ -48,25 +48,70 @@ def _source_key(paths: list[Path]) -> str:
     return hashlib.sha256(stamp.encode()).hexdigest()[:24]
 
 
+def known_digest(paths: list[Path], cache_dir: Path) -> str | None:
+    """The content hash of `paths` remembered for their current (path, size, mtime), if any."""
+    return _read_index(cache_dir).get(_source_key(paths))
+
+
+def source_digest(paths: list[Path], cache_dir: Path) -> str:
+    """sha256 of the files' contents, hashed once per (path, size, mtime) and remembered."""
+    digest = known_digest(paths, cache_dir)
+    if digest is None:
+        digest = hash_files(paths)
+        _remember_hash(cache_dir, paths, digest)
+    return digest
+
+
+def _read_index(cache_dir: Path) -> dict:
+    index = cache_dir / "hash-index.json"
+    try:
+        return json.loads(index.read_text()) if index.exists() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged index only costs a re-hash
+
+
+def _remember_hash(cache_dir: Path, paths: list[Path], digest: str) -> None:
+    known = _read_index(cache_dir)
+    known[_source_key(paths)] = digest
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".json.tmp")  # unique: concurrent writers never collide
+    with os.fdopen(handle, "w") as out:
+        json.dump(known, out, indent=1)
+    os.replace(tmp, cache_dir / "hash-index.json")
+
+
 def conversion_dir(spec: ModelSpec, cache_dir: Path) -> Path | None:
     """Where the converted checkpoint of `spec` lives, if it is complete; None otherwise."""
-    paths = spec.local_files()
-    index = cache_dir / "hash-index.json"
-    known = json.loads(index.read_text()) if index.exists() else {}
-    digest = known.get(_source_key(paths))
+    digest = known_digest(spec.local_files(), cache_dir)
     if digest is None:
         return None
     target = cache_dir / "converted" / f"{spec.name}-{digest[:16]}"
     return target if (target / COMPLETE_MARKER).exists() else None
 
 
-def _remember_hash(cache_dir: Path, paths: list[Path], digest: str) -> None:
-    index = cache_dir / "hash-index.json"
-    known = json.loads(index.read_text()) if index.exists() else {}
-    known[_source_key(paths)] = digest
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    tmp.replace(index)
+def joined_gguf(spec: ModelSpec, cache_dir: Path, progress=lambda _m: None) -> Path:
+    """One GGUF file for a model whose packages ship it in parts, joined once into the cache under
+    its content hash and written atomically (a killed join never leaves a truncated model behind)."""
+    paths = spec.local_files()
+    if spec.format == "gguf":
+        return paths[0]
+    target = cache_dir / "gguf" / f"{spec.name}-{source_digest(paths, cache_dir)[:16]}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"joining {len(paths)} parts of {spec.name}")
+    logger.info("joining %d parts of %s into %s", len(paths), spec.name, target)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for part in paths:
+                with open(part, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 22)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def cache_state(spec: ModelSpec, cache_dir: Path | None = None) -> str:
@@ -133,23 +178,8 @@ def resolve_model_dir(name: str | Path, cache_dir: Path | None = None, progress=
     if found:
         logger.debug("model %s: cached conversion %s", spec.name, found)
         return found
-    digest = hash_files(paths)
+    digest = source_digest(paths, cache_dir)
     target = cache_dir / "converted" / f"{spec.name}-{digest[:16]}"
-    if (target / COMPLETE_MARKER).exists():
-        logger.info("model %s: source files hashed again, unchanged; reusing the conversion in %s", spec.name, target)
-    else:
-        if spec.format == "gguf":
-            _convert_gguf(spec, paths[0], target, progress)
-        else:
-            cache_dir.mkdir(parents=True, exist_ok=True)  # the parts are joined inside it
-            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                joined = Path(tmp) / f"{spec.name}.gguf"
-                progress(f"joining {len(paths)} parts of {spec.name}")
-                logger.info("joining %d parts of %s into %s", len(paths), spec.name, joined)
-                with open(joined, "wb") as out:
-                    for part in paths:
-                        with open(part, "rb") as handle:
-                            shutil.copyfileobj(handle, out, 1 << 22)
-                _convert_gguf(spec, joined, target, progress)
-    _remember_hash(cache_dir, paths, digest)
+    if not (target / COMPLETE_MARKER).exists():
+        _convert_gguf(spec, joined_gguf(spec, cache_dir, progress), target, progress)
     return target

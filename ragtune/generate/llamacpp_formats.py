@@ -1,0 +1,198 @@
+"""Which weight format of a GGUF model runs fastest on this CPU, chosen once by measurement.
+
+The packaged GGUFs are Q4_1 / Q4_K_M: small, but on x86 their matrix kernels fill a prompt at about
+half the speed of llama.cpp's Q4_0 (repacked) or tinyBLAS F32/F16 paths (bench/generation.py), and RAG
+prompts are long. Which type is fastest depends on the CPU (AVX2 or AVX-512, bf16), on the llama.cpp
+build and on the model's shapes, so it is measured, not assumed: each candidate is written once with
+llama.cpp's own quantiser, timed on a RAG-shaped workload (prompt fill plus a short answer), and the
+winner is cached beside the converted checkpoints, keyed by the source's content hash and by the
+machine (CPU flags and llama.cpp build). A different CPU gets its own measurement, never a stale pick.
+
+Candidates are the source itself and conversions that lose nothing (F32, F16 hold a 4-bit source
+exactly) or next to nothing (Q8_0), plus Q4_0, which re-rounds 4-bit weights a second time: the
+logit-parity test bounds what that costs (tests/test_llamacpp.py), and `weight_format` pins a type.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# llama.cpp's llama_ftype values for the candidates (include/llama.h)
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "BF16": 32}
+CANDIDATES = ("source", "Q4_0", "Q8_0", "F16", "F32")
+WEIGHT_FORMATS = ("auto", *CANDIDATES, "BF16")
+# the workload a choice is scored on: a RAG answer (bench/generation.py uses the same shape)
+PROMPT_TOKENS, ANSWER_TOKENS = 800, 128
+CPU_FLAGS_THAT_MATTER = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                         "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sse4_2", "bmi2")
+
+
+def machine_key() -> str:
+    """CPU features plus the llama.cpp build: what decides which kernels run."""
+    import llama_cpp
+
+    from .llamacpp import cpu_flags
+
+    flags = sorted(f for f in cpu_flags() if f in CPU_FLAGS_THAT_MATTER)
+    build = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return hashlib.sha256(f"{flags}|{build}|{llama_cpp.__version__}".encode()).hexdigest()[:12]
+
+
+def runtime_gguf(source: Path, *, weight_format: str = "auto", threads: int | None = None,
+                 cache_dir: Path | None = None) -> tuple[Path, str]:
+    """The GGUF file to load for `source` and its format name ('source' when used as shipped)."""
+    if weight_format not in WEIGHT_FORMATS:
+        raise ConfigError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+    if weight_format == "source":
+        return source, "source"
+    from ..models.cache import default_cache_dir, source_digest
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    digest = source_digest([source], cache_dir)
+    folder = cache_dir / "llamacpp" / f"{source.stem}-{digest[:16]}-{machine_key()}"
+    if weight_format != "auto":
+        return _converted(source, folder, weight_format), weight_format
+    choice = folder / "choice.json"
+    if choice.is_file():
+        try:
+            picked = json.loads(choice.read_text())["format"]
+            path = source if picked == "source" else folder / f"{picked}.gguf"
+            if path.is_file():
+                return path, picked
+        except (OSError, ValueError, KeyError):
+            logger.info("ignoring an unreadable %s; measuring again", choice)
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".measure.lock")):  # two processes measuring at once would time each other
+        if choice.is_file():
+            return runtime_gguf(source, threads=threads, cache_dir=cache_dir)
+        return _measure_and_choose(source, folder, threads)
+
+
+def cached_choice(source: Path, cache_dir: Path | None = None) -> str | None:
+    """The format measured for `source` on this machine, or None if it was never measured (cheap:
+    no hashing unless the source's hash is already known)."""
+    from ..models.cache import default_cache_dir, known_digest
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    digest = known_digest([source], cache_dir)
+    if digest is None:
+        return None
+    choice = cache_dir / "llamacpp" / f"{source.stem}-{digest[:16]}-{machine_key()}" / "choice.json"
+    try:
+        return json.loads(choice.read_text())["format"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _converted(source: Path, folder: Path, fmt: str) -> Path:
+    """`source` re-quantised to `fmt` by llama.cpp (once; written to a temporary name, then renamed)."""
+    import llama_cpp
+
+    target = folder / f"{fmt}.gguf"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".gguf.part")
+    os.close(handle)
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = FTYPES[fmt], True, os.cpu_count() or 1
+        started = time.perf_counter()
+        status = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params))
+        if status != 0:
+            raise ConfigError(f"llama.cpp could not convert {source} to {fmt} (status {status})")
+        os.replace(tmp, target)
+        logger.info("wrote %s as %s in %.1f s", source.name, fmt, time.perf_counter() - started)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def measure(paths: dict[str, Path], *, threads: int | None, prompt_tokens: int = 384, answer_tokens: int = 32,
+            rounds: int = 2) -> dict[str, dict]:
+    """Prefill and decode tokens/s of each GGUF file on this machine.
+
+    All candidates are loaded at once and timed in interleaved rounds, best of each kept, so a
+    burst of other work on the machine slows every candidate alike instead of deciding the choice.
+    """
+    from .llamacpp_engine import LlamaCppEngine, Request
+
+    engines = {}
+    try:
+        for name, path in paths.items():
+            engines[name] = LlamaCppEngine(str(path), n_ctx=prompt_tokens + answer_tokens + 8, slots=1, threads=threads)
+        first = next(iter(engines.values()))
+        words = first.tokenize(" the quick brown fox jumps over a lazy dog and" * (prompt_tokens // 8))
+        prompt = words[:prompt_tokens - 1]
+        best = {name: {"prefill_tok_s": 0.0, "decode_tok_s": 0.0} for name in engines}
+        for round_ in range(rounds):
+            for name, engine in engines.items():
+                request = engine.submit(Request(tokens=[round_ + 10] + prompt, max_new_tokens=answer_tokens + 1))
+                started = time.perf_counter()
+                _expect_token(request)
+                filled = time.perf_counter()
+                produced = _drain(request)
+                decoded = time.perf_counter()
+                best[name]["prefill_tok_s"] = max(best[name]["prefill_tok_s"], prompt_tokens / (filled - started))
+                if produced:
+                    best[name]["decode_tok_s"] = max(best[name]["decode_tok_s"], produced / (decoded - filled))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {name: {"prefill_tok_s": round(v["prefill_tok_s"], 1), "decode_tok_s": round(v["decode_tok_s"], 1),
+                   "size_mb": round(paths[name].stat().st_size / 1e6, 1)} for name, v in best.items()}
+
+
+def _expect_token(request) -> None:
+    kind, value = request.events.get()
+    if kind == "error":
+        raise value
+
+
+def _drain(request) -> int:
+    tokens = 0
+    while True:
+        kind, value = request.events.get()
+        if kind == "token":
+            tokens += 1
+        elif kind == "error":
+            raise value
+        else:
+            return tokens
+
+
+def _measure_and_choose(source: Path, folder: Path, threads: int | None) -> tuple[Path, str]:
+    logger.warning("choosing the fastest weight format for %s on this CPU (once, about a minute)", source.name)
+    paths = {fmt: source if fmt == "source" else _converted(source, folder, fmt) for fmt in CANDIDATES}
+    results = measure(paths, threads=threads)
+    for fmt, numbers in results.items():
+        numbers["rag_answer_s"] = round(PROMPT_TOKENS / max(numbers["prefill_tok_s"], 1e-6)
+                                        + ANSWER_TOKENS / max(numbers["decode_tok_s"], 1e-6), 2)
+        logger.info("%s as %s: %s", source.name, fmt, numbers)
+    best = min(results, key=lambda f: results[f]["rag_answer_s"])
+    for fmt in CANDIDATES:  # keep the disk to the one that won
+        if fmt not in ("source", best):
+            (folder / f"{fmt}.gguf").unlink(missing_ok=True)
+    record = {"format": best, "source": str(source), "measured": results,
+              "workload": {"prompt_tokens": PROMPT_TOKENS, "answer_tokens": ANSWER_TOKENS}, "threads": threads}
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".json.part")
+    with os.fdopen(handle, "w") as out:
+        json.dump(record, out, indent=1)
+    os.replace(tmp, folder / "choice.json")
+    logger.info("%s runs as %s here (%.2f s per RAG answer vs %.2f s as shipped)", source.name, best,
+                   results[best]["rag_answer_s"], results["source"]["rag_answer_s"])
+    return (source if best == "source" else folder / f"{best}.gguf"), best
