@@ -214,15 +214,17 @@ MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or loca
 API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key.")
 TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint.")
 BACKEND_OPTION = typer.Option("auto", "--backend", help="Local runtime: auto (llama.cpp for GGUF models where it is installed, else transformers), llamacpp or transformers.")
+WEIGHT_FORMAT_OPTION = typer.Option("auto", "--weight-format", help="llama.cpp weights: auto (the type measured fastest on this CPU, once), source (as shipped), Q4_0, Q8_0, F16, BF16 or F32.")
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
 
 
-def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto"):
+def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto",
+                  weight_format="auto"):
     from .answer.prompt import Templates
     from .generate import make_generator
 
     generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout,
-                               backend=backend)
+                               backend=backend, weight_format=weight_format)
     templates = Templates.from_files(system=system_template, question=question_template)
     return generator, templates
 
@@ -233,6 +235,7 @@ def ask(
     question: str = typer.Argument(..., help="The question."),
     model: Optional[str] = MODEL_OPTION,
     backend: str = BACKEND_OPTION,
+    weight_format: str = WEIGHT_FORMAT_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -250,7 +253,8 @@ def ask(
     from .answer.rag import ask as run_ask
     from .kb import KnowledgeBase
 
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend,
+                                         weight_format)
     with KnowledgeBase.open(kb, threads=threads) as base:
         stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
@@ -268,6 +272,7 @@ def chat(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     model: Optional[str] = MODEL_OPTION,
     backend: str = BACKEND_OPTION,
+    weight_format: str = WEIGHT_FORMAT_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -280,7 +285,7 @@ def chat(
     from .answer.chat import ChatSession
     from .kb import KnowledgeBase
 
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend, weight_format)
     with KnowledgeBase.open(kb, threads=threads) as base:
         session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens, templates=templates)
         while True:
@@ -346,7 +351,7 @@ def eval_retrieval(
 
 @app.command()
 def models(as_json: bool = JSON_OPTION):
-    """The packaged models: installed or not, size, licence, conversion cache."""
+    """The packaged models: runtime, weight format, installed or not, size, licence, cache state."""
     from .models.listing import model_rows, print_models
 
     rows = model_rows()

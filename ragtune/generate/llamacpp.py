@@ -6,9 +6,9 @@ otherwise get from Ollama. The prompt is rendered with the GGUF's own chat templ
 the GGUF's vocabulary; generation runs on `LlamaCppEngine` (continuous batching over one loaded
 model, sampling in C, KV-cache reuse of a shared prompt prefix), so token counts are exact.
 
-The wheel is built from source by `make` for the AVX2 baseline every machine here has (a build with
-runtime dispatch over all CPU variants took over 17 minutes on 2 cores); the CPU is checked before
-loading so an older CPU gets a clear error, never an illegal instruction.
+The wheel is built from source once per CPU kind by `make` (llamacpp_build.py: an AVX2 or an
+AVX-512 variant); the CPU is checked before loading so a mismatch is a clear error, never an
+illegal instruction.
 """
 
 from __future__ import annotations
@@ -22,33 +22,30 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import Generation
+from .llamacpp_build import cpu_flags
 
 logger = logging.getLogger(__name__)
-REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
-INSTALL_HINT = "install it with `make llamacpp` (builds llama-cpp-python, about 7 minutes), or use --backend transformers"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+INSTALL_HINT = ("install it with `make llamacpp` (builds llama-cpp-python for this CPU once, 7-10 minutes), "
+                "or use --backend transformers")
 
 
 def unavailable_reason() -> str | None:
-    """Why the llama.cpp backend cannot run here, or None when it can."""
+    """Why the llama.cpp backend cannot run here, or None when it can.
+
+    The CPU is checked against what the installed build needs before `llama_cpp` is imported: loading
+    a build made for another CPU would kill the process with an illegal instruction.
+    """
+    from .llamacpp_build import VARIANTS, missing_flags
+
+    flags = cpu_flags()
+    lacking = missing_flags(flags) or [f for f in VARIANTS["avx2"][0] if flags and f not in flags]
+    if lacking:
+        return (f"the installed llama.cpp build needs {', '.join(lacking)}, which this CPU lacks; "
+                "run `make llamacpp` to install the build for this CPU, or use --backend transformers")
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         return f"llama-cpp-python is not installed; {INSTALL_HINT}"
-    flags = cpu_flags()
-    missing = [f for f in REQUIRED_CPU_FLAGS if flags and f not in flags]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}, which ragtune's llama.cpp build needs; use --backend transformers"
     return None
 
 
