@@ -27,7 +27,6 @@ def load_run_recipe(run_dir: Path):
 def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, overwrite: bool = False) -> Path:
     import torch
 
-    from ..models.cache import resolve_model_dir
     from ..runtime import quiet_transformers
     from .modeling import load_tokenizer
 
@@ -45,24 +44,36 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, over
     if recipe.method in ("lora", "qlora") and not merge:
         shutil.copytree(trained, out, dirs_exist_ok=True)  # the adapter alone, for PEFT users
     else:
-        if recipe.method in ("lora", "qlora"):
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(recipe.model), dtype=torch.float32, local_files_only=True)
-            model = PeftModel.from_pretrained(base, trained).merge_and_unload()  # a local folder: peft reads it directly
-        elif recipe.is_classifier:
+        if recipe.is_classifier:
             from transformers import AutoModelForSequenceClassification
 
             model = AutoModelForSequenceClassification.from_pretrained(trained, dtype=torch.float32, local_files_only=True)
         else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32, local_files_only=True)
+            model = trained_causal_lm(recipe, run_dir)
         model.save_pretrained(out)
         load_tokenizer(trained).save_pretrained(out)
     (out / "README.md").write_text(model_card(recipe, run_dir, merged=merge), encoding="utf-8")
     return out
+
+
+def trained_causal_lm(recipe, run_dir: Path):
+    """The run's causal LM in fp32, LoRA adapters merged into the full-precision base weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..models.cache import resolve_model_dir
+    from ..runtime import quiet_transformers
+
+    quiet_transformers()
+    trained = Path(run_dir) / "model"
+    if not trained.is_dir():
+        raise ConfigError(f"{run_dir} has no finished model (model/ is missing); finish it with `ragtune train --resume`")
+    if recipe.method in ("lora", "qlora"):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(recipe.model), dtype=torch.float32, local_files_only=True)
+        return PeftModel.from_pretrained(base, trained).merge_and_unload()  # a local folder: peft reads it directly
+    return AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32, local_files_only=True)
 
 
 def model_card(recipe, run_dir: Path, *, merged: bool) -> str:

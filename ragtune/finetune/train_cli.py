@@ -67,14 +67,30 @@ def export(
     run: Path = typer.Argument(..., help="Run directory written by `ragtune train`."),
     merge: Optional[Path] = typer.Option(None, "--merge", help="Write the model with LoRA merged into the base here."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Write only the LoRA adapter here (no merge)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="Write the full model (LoRA merged) as one F32 GGUF file for llama.cpp."),
+    gguf_adapter: Optional[Path] = typer.Option(None, "--gguf-adapter",
+                                                help="Write the LoRA adapter as a GGUF adapter for llama.cpp over the packaged base GGUF."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ):
-    """Export a run as a standalone model folder (safetensors, tokenizer, chat template, model card)."""
+    """Export a run as a standalone model folder (safetensors, tokenizer, chat template, model card) or as GGUF."""
     from ..errors import ConfigError
+
+    chosen = [value for value in (merge, adapter, gguf, gguf_adapter) if value is not None]
+    if len(chosen) != 1:
+        raise ConfigError("pass exactly one of --merge OUT (a full model), --adapter OUT (the LoRA adapter alone), "
+                          "--gguf OUT.gguf (a full model for llama.cpp) or --gguf-adapter OUT.gguf (a LoRA adapter for llama.cpp)")
+    if gguf is not None or gguf_adapter is not None:
+        from .gguf_export import export_gguf, export_gguf_adapter
+
+        if gguf is not None:
+            out = export_gguf(run, gguf, overwrite=overwrite)
+            Console().print(f"exported to {out}; use it with --backend llamacpp --model {out}", highlight=False)
+        else:
+            out = export_gguf_adapter(run, gguf_adapter, overwrite=overwrite)
+            Console().print(f"exported the LoRA adapter to {out}; llama.cpp applies it over the base model's GGUF", highlight=False)
+        return
     from .export import export_run
 
-    if (merge is None) == (adapter is None):
-        raise ConfigError("pass exactly one of --merge OUT (a full model) or --adapter OUT (the LoRA adapter alone)")
     out = export_run(run, merge or adapter, merge=merge is not None, overwrite=overwrite)
     Console().print(f"exported to {out}; use it with --model {out}", highlight=False)
 

@@ -71,11 +71,11 @@ def _route_native_logs(llama_cpp) -> None:
 
 
 class LlamaCppEngine:
-    """A GGUF model, a context with `slots` sequences sharing one KV pool, and the scheduler thread."""
+    """A GGUF model, a context with `slots` sequences (one KV stream each), and the scheduler thread."""
 
     def __init__(self, path: str, *, n_ctx: int, slots: int = 1, threads: int | None = None,
                  batch_threads: int | None = None, n_batch: int = 512, lora: str | None = None,
-                 flash_attn: bool = False):
+                 flash_attn: bool = True, unified_kv: bool = False):
         import llama_cpp
 
         self._c = llama_cpp
@@ -91,7 +91,11 @@ class LlamaCppEngine:
         cparams.n_ctx = n_ctx * self.slots_count
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = self.slots_count
-        cparams.kv_unified = True  # one pool: a long prompt may use what idle slots do not
+        # one KV stream per sequence: attention then reads only that sequence's cells; a shared pool
+        # made every token attend over all sequences' cells and capped 8 sequences at 1.7x one
+        # (bench/generation.py). Flash attention: faster prefill and batched decode on CPU here too.
+        cparams.kv_unified = unified_kv
+        self.unified_kv = unified_kv
         threads = threads or 2
         cparams.n_threads, cparams.n_threads_batch = threads, batch_threads or threads
         cparams.flash_attn_type = 1 if flash_attn else 0
@@ -268,15 +272,20 @@ class LlamaCppEngine:
         self._emit(request, token)
 
     def _borrow_prefix(self, slot: _Slot, prompt: list[int]) -> None:
-        """When another sequence's cache shares a longer prefix with `prompt`, share its KV cells (no
-        copy in a unified cache): a batch of questions behind one system prompt evaluates it once."""
+        """When another sequence's cache shares a longer prefix with `prompt`, take it over (a buffer
+        copy, far cheaper than evaluating it): questions behind one system prompt evaluate it once."""
         own = _common_prefix(slot.tokens, prompt)
         donor = max((s for s in self._slots if s is not slot), default=None,
                     key=lambda s: _common_prefix(s.tokens, prompt))
         shared = _common_prefix(donor.tokens, prompt) if donor is not None else 0
         if shared > own + 16:
-            self._c.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-            self._c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, 0, shared)
+            c = self._c
+            c.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            if self.unified_kv:
+                c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, 0, shared)
+            else:  # across streams llama.cpp copies whole buffers only: copy, then cut after the prefix
+                c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, -1, -1)
+                c.llama_memory_seq_rm(self.memory, slot.seq_id, shared, -1)
             slot.tokens = donor.tokens[:shared]
 
     def _step(self, active: list[Request]) -> None:
@@ -311,7 +320,7 @@ class LlamaCppEngine:
         request.events.put(event)
 
     def _decode(self, entries: list[tuple[int, int, int, bool]], owner: Request | None) -> None:
-        """Run one batch; when the shared KV pool is full, free the caches of idle slots and retry once."""
+        """Run one batch; when the KV cache is full, free the caches of idle slots and retry once."""
         self._fill(entries)
         status = self._c.llama_decode(self.ctx, self.batch)
         if status == 1 and self._evict_idle():
