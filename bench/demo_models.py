@@ -48,8 +48,13 @@ def main() -> None:
             if not spec.installed:
                 console.print(f"skipping {model}: not installed ({spec.install_command})")
                 continue
-            run = run_demo(console, console, workdir=Path(workdir), threads=args.threads, quiet=True,
-                           model=model, backend=args.backend)
+            try:
+                run = run_demo(console, console, workdir=Path(workdir), threads=args.threads, quiet=True,
+                               model=model, backend=args.backend)
+            except Exception as exc:  # e.g. a pretrained model with no chat template: recorded, not fatal
+                console.print(f"{model} cannot run the demo: {exc}")
+                results[spec.name] = {"error": str(exc)}
+                continue
             answers = [{"question": a["question"], "answer": a["answer"], **a["check"],
                         "seconds": a["timings"].get("total_s")} for a in run["answers"]]
             right = sum(a["fact"] and a["cited"] for a in answers)
@@ -59,6 +64,8 @@ def main() -> None:
                 "answer_s": round(sum(a["seconds"] or 0 for a in answers), 2),
                 "model_load_s": run["timings"].get("model_load_s"), "answers": answers}
             console.print(model, {k: v for k, v in results[spec.name].items() if k != "answers"})
+    failed = {m: r for m, r in results.items() if "error" in r}
+    results = {m: r for m, r in results.items() if "error" not in r}
     winner = max(results, key=lambda m: (results[m]["right_and_cited"], -results[m]["answer_s"]), default=None)
     table = Table(title=f"the demo's 3 questions, {args.threads} threads; winner: {winner}")
     for column in ("model", "runtime", "right & cited", "fact", "cited", "answers s", "load s"):
@@ -71,7 +78,9 @@ def main() -> None:
         for answer in row["answers"]:
             mark = "ok" if answer["fact"] and answer["cited"] else "WRONG"
             console.print(f"[{mark}] {model}: {answer['question']}\n    {answer['answer'][:300]!r}", highlight=False)
-    payload = {"winner": winner, "threads": args.threads, "models": results}
+    for model, row in failed.items():
+        console.print(f"{model}: {row['error']}", highlight=False)
+    payload = {"winner": winner, "threads": args.threads, "models": results, "failed": failed}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))
     if args.json:

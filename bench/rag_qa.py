@@ -68,7 +68,8 @@ def main() -> None:
     for q in questions:
         for c in q["contexts"]:
             paragraphs.setdefault(c["title"], c["paragraph_text"])
-    templates = Templates(question="Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n].")
+    templates = Templates(question="Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n].",
+                          example=False)  # its own worked example (RAG_EXAMPLE) is given as history
     rows = []
     kb_path = CACHE / "hotpotqa-dev500"
     if (kb_path / "ragtune.yaml").exists():

@@ -1,11 +1,13 @@
 """`ragtune demo`: build a knowledge base from ragtune's own docs/ and answer three questions from it.
 
 This is RAG end to end on a laptop: ingest with the packaged MiniLM embedder, hybrid retrieval,
-answers from the packaged SmolLM2-135M-Instruct with checked citations, and the timings of each step.
+answers from the packaged Qwen2.5-Coder-0.5B-Instruct (chosen by measurement, see DEMO_MODEL) on
+llama.cpp with checked citations, and the timings of each step.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RagtuneError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,21 @@ DEMO_QUESTIONS = (
                  (r"markdown", r"\bpdf\b", r"\bhtml\b", r"\bdocx\b", r"\bcsv\b", r"\bjson"), 3, "concepts.md"),
 )
 QUESTIONS = [q.text for q in DEMO_QUESTIONS]
+# Chosen by measurement (bench/demo_models.py, 2026-12-02, llama.cpp, 2 threads): Qwen2.5-Coder-0.5B
+# answered all 3 questions right and cited in 20 s; SmolLM2-135M none (10.7 s); Gemma-3-270M is a
+# pretrained model with no chat template. `make demo` installs Qwen; without it the demo falls back.
+DEMO_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
+
+
+def demo_model() -> str:
+    from .generate.base import DEFAULT_MODEL
+    from .models.registry import get_model
+
+    if get_model(DEMO_MODEL).installed:
+        return DEMO_MODEL
+    logger.warning("%s is not installed (`make models-qwen`); the demo uses %s, whose answers are weak",
+                   DEMO_MODEL, DEFAULT_MODEL)
+    return DEFAULT_MODEL
 
 
 def find_docs() -> Path:
@@ -58,6 +77,7 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
     """Run the demo; with quiet=True nothing is printed and the caller gets the results to emit."""
     from rich.markup import escape
 
+    from .answer.prompt import Templates
     from .answer.rag import ask
     from .answer.report import print_answer_sources
     from .generate import make_generator
@@ -81,13 +101,14 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
                 print_report(out, report)
             timings["ingest_s"] = round(time.perf_counter() - started, 2)
             t0 = time.perf_counter()
-            generator = make_generator(model, threads=threads, backend=backend).load()
+            generator = make_generator(model or demo_model(), threads=threads, backend=backend).load()
             timings["model_load_s"] = round(time.perf_counter() - t0, 2)
             for number, question in enumerate(QUESTIONS, start=1):
                 if not quiet:
                     out.rule(escape(f"question {number}: {question}"))
                 stream = None if quiet else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
-                result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream)
+                result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream,
+                             templates=Templates(example=True))
                 answer = {"question": question, **result.as_dict()}
                 answer["check"] = DEMO_QUESTIONS[number - 1].check(answer)
                 answers.append(answer)

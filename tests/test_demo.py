@@ -21,9 +21,12 @@ def test_demo_answers_three_questions_with_sources(tmp_path):
     first = data["answers"][0]
     assert "install" in first["question"]
     # retrieval gave the install guide to the model first
-    assert first["prompt"].split("Sources:", 1)[1].lstrip().startswith("[1] Installing ragtune")
+    assert first["prompt"].rsplit("Sources:", 1)[1].lstrip().startswith("[1] Installing ragtune")  # after the worked example
     for answer in data["answers"]:
         assert answer["found"] and answer["answer"].strip()
+        # right and cited: the fact asked for (ragtune/demo.py DEMO_QUESTIONS) and the document holding it
+        assert answer["check"]["fact"], (answer["question"], answer["answer"])
+        assert answer["check"]["cited"], (answer["question"], answer["answer"], answer["check"]["cited_sources"])
         assert answer["timings"]["completion_tokens"] > 0
         for citation in answer["citations"]:
             assert Path(citation["source"]).name in docs and citation["end"] > citation["start"]

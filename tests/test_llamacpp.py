@@ -107,10 +107,14 @@ def test_weight_format_is_measured_once_per_machine(tmp_path, monkeypatch):
 
     monkeypatch.setattr(llamacpp_formats, "measure", fake_measure)
     path, fmt = llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path)
-    assert fmt == "Q4_0" and path.is_file() and path.parent.parent == tmp_path / "llamacpp"
-    assert sorted(p.name for p in path.parent.glob("*.gguf")) == ["Q4_0.gguf"]  # the losers are not kept
-    assert llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path) == (path, "Q4_0") and len(calls) == 1
-    assert llamacpp_formats.cached_choice(source, tmp_path) == "Q4_0"
+    # Q4_0 (re-rounding 4-bit weights) is never a candidate on its own, however fast
+    assert calls == [["F16", "F32", "Q8_0", "source"]]
+    assert fmt == "Q8_0" and path.is_file() and path.parent.parent == tmp_path / "llamacpp"
+    assert sorted(p.name for p in path.parent.glob("*.gguf")) == ["Q8_0.gguf"]  # the losers are not kept
+    assert llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path) == (path, "Q8_0") and len(calls) == 1
+    assert llamacpp_formats.cached_choice(source, tmp_path) == "Q8_0"
+    pinned, fmt = llamacpp_formats.runtime_gguf(source, weight_format="Q4_0", cache_dir=tmp_path)
+    assert fmt == "Q4_0" and pinned.name == "Q4_0.gguf" and len(calls) == 1
     monkeypatch.setattr(llamacpp, "cpu_flags", lambda: {"avx2", "fma", "f16c"})
     other, _ = llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path)
     assert len(calls) == 2 and other.parent != path.parent

@@ -17,6 +17,17 @@ SYSTEM = (
 )
 SOURCE = "[{n}] {title}\n{text}"
 QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}\nAnswer briefly, citing sources as [n]."
+# One worked example, given as an earlier chat turn in the user's own templates (`--worked-example`): it
+# shows a small model the expected shape (an answer in a sentence, then [n]) better than instructions
+# alone. Measured: Qwen2.5-Coder-0.5B's HotpotQA RAG F1 0.34 -> 0.47 (bench/rag_qa.py, first 25
+# questions) and 1 -> 3 of the demo's 3 questions right and cited (bench/demo_models.py). It is off by
+# default because it hurts SmolLM2-135M, which then copies the wrong source (tests/test_answer.py).
+EXAMPLE_SOURCES = (
+    ("Lighthouses", "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson. It has run automatically since 1998."),
+    ("Ferries", "Ferries to the island leave twice a day from the north pier; tickets are sold on board."),
+)
+EXAMPLE_QUESTION = "Who built the lighthouse at Cape Wrath, and when?"
+EXAMPLE_ANSWER = "Robert Stevenson built it in 1828 [1]."
 
 
 @dataclass
@@ -24,6 +35,15 @@ class Templates:
     system: str = SYSTEM
     source: str = SOURCE
     question: str = QUESTION
+    example: bool = False  # prepend the worked example turn before the real question
+
+    def example_turns(self) -> list[dict]:
+        if not self.example:
+            return []
+        sources = "\n\n".join(self.source.format(n=n, title=title, source=title, text=text)
+                               for n, (title, text) in enumerate(EXAMPLE_SOURCES, start=1))
+        return [{"role": "user", "content": self.question.format(sources=sources, question=EXAMPLE_QUESTION)},
+                {"role": "assistant", "content": EXAMPLE_ANSWER}]
 
     @classmethod
     def from_files(cls, system: Path | None = None, source: Path | None = None, question: Path | None = None) -> "Templates":
@@ -70,7 +90,7 @@ def build_prompt(question: str, hits, generator, *, templates: Templates | None 
     can lose the sentence that answers, and a citation must point at text the model really saw.
     """
     templates = templates or Templates()
-    history = list(history or [])
+    history = templates.example_turns() + list(history or [])
     overhead = generator.count_tokens(templates.system + templates.question.format(sources="", question=question))
     overhead += sum(generator.count_tokens(m["content"]) + 8 for m in history) + 16  # role markers
     budget = generator.context_window - max_new_tokens - overhead

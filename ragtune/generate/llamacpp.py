@@ -70,8 +70,12 @@ class LlamaCppGenerator:
     """
 
     def __init__(self, model: str, *, threads: int | None = None, context_window: int | None = None,
-                 slots: int = 1, lora: str | None = None, weight_format: str = "auto"):
+                 slots: int = 1, lora: str | None = None, weight_format: str = "auto",
+                 repeat_penalty: float = 1.1):
         self.name = str(model)
+        # small models caught in greedy loops repeat a phrase to the token limit; 1.1 over the last 64
+        # tokens (Ollama's default) stops that on the demo's list question; 1.0 turns it off
+        self.repeat_penalty = repeat_penalty
         self.weight_format = weight_format
         self.runtime_format: str | None = None  # what was loaded: 'source' or a re-quantised type
         self.threads = threads
@@ -148,7 +152,8 @@ class LlamaCppGenerator:
             raise ConfigError(
                 f"prompt is {len(tokens)} tokens and {max_new_tokens} more are asked for, beyond {self.name}'s "
                 f"{self.context_window}-token context; lower --max-tokens or retrieve fewer chunks (--k)")
-        request = Request(tokens=tokens, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        request = Request(tokens=tokens, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                          repeat_penalty=self.repeat_penalty)
         return self._engine.submit(request), stop
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,

@@ -35,6 +35,7 @@ class Request:
     max_new_tokens: int
     temperature: float = 0.0
     seed: int = 0
+    repeat_penalty: float = 1.0  # over the last 64 tokens, as Ollama's default (1.1) does; 1.0 is off
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt_evaluated: int = 0  # prompt tokens actually run through the model (the rest came from the cache)
@@ -347,6 +348,9 @@ class LlamaCppEngine:
     def _sampler(self, request: Request):
         c = self._c
         chain = c.llama_sampler_chain_init(c.llama_sampler_chain_default_params())
+        if request.repeat_penalty != 1.0:
+            c.llama_sampler_chain_add(chain, c.llama_sampler_init_penalties(
+                c.llama_vocab_n_tokens(self.vocab), 64, request.repeat_penalty, 0.0, 0.0))
         if request.temperature <= 0:
             c.llama_sampler_chain_add(chain, c.llama_sampler_init_greedy())
         else:
