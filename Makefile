@@ -50,6 +50,7 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/streaming_overhead.py
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/demo_models.py
 	$(BIN)/python bench/citation_check.py
 	$(BIN)/python bench/rag_qa.py --limit 100
 	$(BIN)/python bench/train_throughput.py

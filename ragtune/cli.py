@@ -214,18 +214,20 @@ MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or loca
 API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key.")
 TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint.")
 BACKEND_OPTION = typer.Option("auto", "--backend", help="Local runtime: auto (llama.cpp for GGUF models where it is installed, else transformers), llamacpp or transformers.")
+LORA_OPTION = typer.Option(None, "--lora", help="A GGUF LoRA adapter (`ragtune export RUN --gguf-adapter`) applied over --model on llama.cpp.")
 WORKED_EXAMPLE_OPTION = typer.Option(False, "--worked-example", help="Show the model one worked question and cited answer first: helps Qwen2.5-Coder-0.5B (the demo uses it), hurts SmolLM2-135M.")
 WEIGHT_FORMAT_OPTION = typer.Option("auto", "--weight-format", help="llama.cpp weights: auto (the type measured fastest on this CPU, once), source (as shipped), Q4_0, Q8_0, F16, BF16 or F32.")
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
 
 
 def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto",
-                  weight_format="auto", worked_example=False):
+                  weight_format="auto", worked_example=False, lora=None):
     from .answer.prompt import Templates
     from .generate import make_generator
 
     generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout,
-                               backend=backend, weight_format=weight_format)
+                               backend=backend, weight_format=weight_format,
+                               lora=str(lora) if lora else None)
     templates = Templates.from_files(system=system_template, question=question_template)
     templates.example = worked_example
     return generator, templates
@@ -239,6 +241,7 @@ def ask(
     backend: str = BACKEND_OPTION,
     weight_format: str = WEIGHT_FORMAT_OPTION,
     worked_example: bool = WORKED_EXAMPLE_OPTION,
+    lora: Optional[Path] = LORA_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -257,7 +260,7 @@ def ask(
     from .kb import KnowledgeBase
 
     generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend,
-                                         weight_format, worked_example)
+                                         weight_format, worked_example, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
         stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
@@ -277,6 +280,7 @@ def chat(
     backend: str = BACKEND_OPTION,
     weight_format: str = WEIGHT_FORMAT_OPTION,
     worked_example: bool = WORKED_EXAMPLE_OPTION,
+    lora: Optional[Path] = LORA_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
@@ -290,7 +294,7 @@ def chat(
     from .kb import KnowledgeBase
 
     generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend, weight_format,
-                                         worked_example)
+                                         worked_example, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
         session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens, templates=templates)
         while True:

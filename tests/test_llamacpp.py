@@ -134,3 +134,12 @@ def test_greedy_tokens_agree_with_transformers(generator):
     ours = generator.generate(MESSAGES, max_new_tokens=12)
     theirs = reference.generate(MESSAGES, max_new_tokens=12)
     assert ours.text.split()[:4] == theirs.text.split()[:4], (ours.text, theirs.text)
+
+
+def test_missing_lora_adapter_is_a_clear_error(tmp_path):
+    from ragtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--lora .*gguf-adapter"):
+        make_generator("SmolLM2-135M-Instruct", lora=str(tmp_path / "none.gguf")).load()
+    with pytest.raises(ConfigError, match="--lora"):
+        make_generator("SmolLM2-135M-Instruct", backend="transformers", lora=str(tmp_path / "none.gguf"))

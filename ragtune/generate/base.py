@@ -85,7 +85,7 @@ def choose_backend(model: str, backend: str = "auto") -> str:
 def make_generator(model: str | None = None, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                    precision: str = "auto", threads: int | None = None, timeout: float = 120.0,
                    max_retries: int = 2, context_window: int | None = None, backend: str = "auto",
-                   weight_format: str = "auto", slots: int = 1):
+                   weight_format: str = "auto", slots: int = 1, lora: str | None = None):
     """A local model (registered name, .gguf file or model directory) or, with base_url, an
     OpenAI-compatible endpoint. Local GGUF models run on llama.cpp where it is installed (backend auto)."""
     if base_url:
@@ -99,7 +99,12 @@ def make_generator(model: str | None = None, *, base_url: str | None = None, api
         from .llamacpp import LlamaCppGenerator
 
         return LlamaCppGenerator(model, threads=threads, context_window=context_window,
-                                 weight_format=weight_format, slots=slots)
+                                 weight_format=weight_format, slots=slots, lora=lora)
+    if lora:
+        from ..errors import ConfigError
+
+        raise ConfigError("--lora applies a GGUF adapter on llama.cpp, which cannot run this model here; for "
+                          "transformers pass the run directory or its export as --model instead")
     from .local import LocalGenerator
 
     return LocalGenerator(model, precision=precision, threads=threads, context_window=context_window)

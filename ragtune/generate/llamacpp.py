@@ -94,6 +94,8 @@ class LlamaCppGenerator:
         from ..models.gguf import gguf_file
         from .llamacpp_formats import runtime_gguf
 
+        if self.lora and not Path(self.lora).expanduser().is_file():
+            raise ConfigError(f"--lora {self.lora}: no such file; write one with `ragtune export RUN --gguf-adapter OUT.gguf`")
         source = gguf_file(self.name)
         trained = self._trained_context(source)
         n_ctx = int(min(self._context_window or 8192, trained or 8192))

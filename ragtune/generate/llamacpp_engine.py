@@ -253,6 +253,9 @@ class LlamaCppEngine:
             action(request)
         except Exception as exc:
             logger.debug("llama.cpp request failed: %s", exc)
+            if request.slot is not None:  # a failed batch may leave part of it in the cache: start clean
+                self._c.llama_memory_seq_rm(self.memory, request.slot.seq_id, -1, -1)
+                request.slot.tokens = []
             self._finish(request, ("error", exc))
 
     def _prefill(self, request: Request) -> None:
@@ -267,7 +270,7 @@ class LlamaCppEngine:
             chunk = prompt[start:start + self.n_batch]
             last = start + len(chunk) == len(prompt)
             entries = [(token, start + i, slot.seq_id, last and i == len(chunk) - 1) for i, token in enumerate(chunk)]
-            self._decode(entries, owner=request)
+            self._decode(entries)
             slot.tokens.extend(chunk)
         token = c.llama_sampler_sample(request.sampler, self.ctx, len(chunk) - 1)
         self._emit(request, token)
@@ -291,7 +294,7 @@ class LlamaCppEngine:
 
     def _step(self, active: list[Request]) -> None:
         entries = [(r.pending, len(r.slot.tokens), r.slot.seq_id, True) for r in active]
-        self._decode(entries, owner=None)
+        self._decode(entries)
         for index, request in enumerate(active):
             request.slot.tokens.append(request.pending)
             token = self._c.llama_sampler_sample(request.sampler, self.ctx, index)
@@ -320,7 +323,7 @@ class LlamaCppEngine:
             request.slot = None
         request.events.put(event)
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]], owner: Request | None) -> None:
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Run one batch; when the KV cache is full, free the caches of idle slots and retry once."""
         self._fill(entries)
         status = self._c.llama_decode(self.ctx, self.batch)
