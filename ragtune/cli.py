@@ -315,7 +315,7 @@ def chat(
             print_answer_sources(out, result, compact=True)
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality; import evaluation sets.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
 register_finetune_commands(app)
@@ -356,6 +356,36 @@ def eval_retrieval(
     table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in result["metrics"].values()))
     out.print(table)
     out.print(f"timings: {result['timings']}")
+
+
+@eval_app.command("import")
+def eval_import(
+    kind: str = typer.Argument(..., help="beir, squad, hotpotqa, pubmedqa, gorilla-torchhub or csv."),
+    src: Path = typer.Argument(..., help="The data file (or its folder; a BEIR folder for beir)."),
+    out_file: Path = typer.Option(..., "--out", help="Evaluation set to write (JSONL; replaced atomically)."),
+    split: Optional[str] = typer.Option(None, "--split", help="beir: which qrels/<split>.tsv (default test)."),
+    question_col: Optional[str] = typer.Option(None, "--question-col", help="csv: question column (default question)."),
+    answer_col: Optional[str] = typer.Option(None, "--answer-col", help="csv: answer column (default answer; several answers split on |)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="csv: id column (default: row-<line>)."),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="csv: class label column."),
+    category_col: Optional[str] = typer.Option(None, "--category-col", help="csv: category column."),
+    as_json: bool = JSON_OPTION,
+):
+    """Convert a benchmark or CSV into ragtune's evaluation-set format (docs/evaluation.md)."""
+    from .evaluate.dataset import summarize, write_eval_set
+    from .evaluate.importers import import_eval_set
+
+    examples = import_eval_set(kind, src, split=split, question_col=question_col, answer_col=answer_col,
+                               id_col=id_col, label_col=label_col, category_col=category_col)
+    write_eval_set(examples, out_file)
+    summary = {"kind": kind, "source": str(src), "out": str(out_file), **summarize(examples)}
+    if as_json:
+        return _emit_json(summary)
+    out.print(f"wrote {summary['examples']} examples to [bold]{escape(str(out_file))}[/] "
+              f"({summary['with_answers']} with answers, {summary['with_gold_docs']} with gold documents)")
+    for name in ("labels", "categories"):
+        if summary[name]:
+            out.print(f"{name}: " + ", ".join(f"{escape(str(k))} {v}" for k, v in summary[name].items()))
 
 
 @app.command()
