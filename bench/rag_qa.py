@@ -18,24 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 DATA = ROOT.parent / "shared" / "datasets" / "hotpotqa-dev500" / "dev500.jsonl"
-SHORT = "Answer with a short phrase only."
-# One worked example, given to both conditions as an earlier chat turn: it shows the small models
-# the expected shape (a short phrase, then [n]) far better than instructions alone (measured on the
-# first 25 questions: Qwen RAG F1 0.34 -> 0.47; SmolLM2 0.03 -> 0.06).
-EXAMPLE_SOURCES = ("[1] Eiffel Tower\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France, designed by the "
-                   "company of Gustave Eiffel.\n\n[2] Big Ben\nBig Ben is the nickname for the Great Bell of the clock at "
-                   "the Palace of Westminster in London.")
-RAG_EXAMPLE = [{"role": "user", "content": f"Sources:\n\n{EXAMPLE_SOURCES}\n\nQuestion: In which city is the tower designed "
-                f"by Gustave Eiffel's company?\n{SHORT} Then cite the source as [n]."},
-               {"role": "assistant", "content": "Paris [1]"}]
-CLOSED_EXAMPLE = [{"role": "user", "content": f"In which country is the Eiffel Tower?\n{SHORT}"},
-                  {"role": "assistant", "content": "France"}]
-
-
-def first_line(text: str) -> str:
-    """The answer is scored on its first non-empty line in both conditions: the tiny model tends to
-    repeat itself after the phrase (a stop-at-newline rule, as in common QA harnesses)."""
-    return next((line for line in text.strip().splitlines() if line.strip()), "")
+# One worked example per condition, as an earlier chat turn (shared with `ragtune eval qa`): it shows the
+# small models the expected shape (a short phrase, then [n]) far better than instructions alone
+# (measured on the first 25 questions: Qwen RAG F1 0.34 -> 0.47; SmolLM2 0.03 -> 0.06). Answers are
+# scored on their first non-empty line (a stop-at-newline rule, as in common QA harnesses).
+from ragtune.evaluate.runner import CLOSED_EXAMPLE, RAG_EXAMPLE, RAG_QUESTION, SHORT, first_line  # noqa: E402
 
 
 def main() -> None:
@@ -68,8 +55,7 @@ def main() -> None:
     for q in questions:
         for c in q["contexts"]:
             paragraphs.setdefault(c["title"], c["paragraph_text"])
-    templates = Templates(question="Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n].",
-                          example=False)  # its own worked example (RAG_EXAMPLE) is given as history
+    templates = Templates(question=RAG_QUESTION, example=False)  # its own worked example (RAG_EXAMPLE) is history
     rows = []
     kb_path = CACHE / "hotpotqa-dev500"
     if (kb_path / "ragtune.yaml").exists():

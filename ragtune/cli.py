@@ -388,6 +388,82 @@ def eval_import(
             out.print(f"{name}: " + ", ".join(f"{escape(str(k))} {v}" for k, v in summary[name].items()))
 
 
+EVAL_STRATEGIES = ("base", "rag", "ft", "ft+rag")
+
+
+@eval_app.command("qa")
+def eval_qa(
+    dataset: Path = typer.Option(..., "--dataset", help="Evaluation set (JSONL, see docs/evaluation.md)."),
+    strategy: str = typer.Option(..., "--strategy", help="base (closed-book), rag, ft or ft+rag (ft: a fine-tuned --model, required)."),
+    model: Optional[str] = MODEL_OPTION,
+    backend: str = BACKEND_OPTION,
+    kb: Optional[Path] = typer.Option(None, "--kb", help="Knowledge base for rag / ft+rag."),
+    k: int = typer.Option(5, "--k", help="Chunks to retrieve (rag)."),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="Longest answer in tokens."),
+    runs_db: Optional[Path] = typer.Option(None, "--runs-db", help="Runs database (default <kb>/runs.db, else ./ragtune-runs.db)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Continue this stored run."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start a new run even if an unfinished identical one exists."),
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = JSON_OPTION,
+):
+    """Answer an evaluation set with one strategy, score and store each prediction; resumes after a kill."""
+    from .errors import ConfigError
+    from .evaluate.runner import BaseStrategy, RagStrategy, run_eval
+    from .generate import make_generator
+    from .generate.base import DEFAULT_MODEL
+    from .store.runs import open_runs_db
+
+    if strategy not in EVAL_STRATEGIES:
+        raise typer.BadParameter(f"must be one of {', '.join(EVAL_STRATEGIES)}", param_hint="--strategy")
+    if strategy.startswith("ft") and not model:
+        raise ConfigError(f"--strategy {strategy} needs --model: the fine-tuned model (a run or export directory, "
+                          "a packaged name or a .gguf file)")
+    retrieval = strategy in ("rag", "ft+rag")
+    if retrieval and kb is None:
+        raise ConfigError(f"--strategy {strategy} needs --kb: the knowledge base to retrieve from")
+    model_name = model or DEFAULT_MODEL
+    generator = make_generator(model_name, threads=threads, backend=backend)
+    if hasattr(generator, "load"):
+        generator.load()  # loaded before timing starts, so the first answer's latency is not the model load
+    config = {"strategy": strategy, "model": model_name, "backend": backend, "kb": str(kb) if kb else None,
+              "k": k if retrieval else None, "max_new_tokens": max_tokens, "threads": threads,
+              "mode": "hybrid" if retrieval else None, "min_relevance": 0.0 if retrieval else None}
+    base = None
+    try:
+        if retrieval:
+            from .kb import KnowledgeBase
+
+            base = KnowledgeBase.open(kb, threads=threads)
+            base.embedder.encode_query("warm up")  # likewise: load the embedder before the first timed answer
+            runner = RagStrategy(base, generator, k=k, name=strategy, max_new_tokens=max_tokens)
+        else:
+            runner = BaseStrategy(generator, name=strategy, max_new_tokens=max_tokens)
+        with open_runs_db(runs_db, kb) as db:
+            summary = run_eval(dataset, runner, db, model=model_name, kb_path=str(kb) if retrieval else None,
+                               k=k if retrieval else None, config=config, limit=limit, run_id=run_id,
+                               resume=not fresh, console=None if as_json else err)
+    finally:
+        if base is not None:
+            base.close()
+    if as_json:
+        return _emit_json({key: summary[key] for key in ("run_id", "strategy", "metrics", "latency_p50_s",
+                                                         "latency_p95_s", "n", "completion_tokens_per_answer",
+                                                         "prompt_tokens_per_answer", "counts")})
+    from rich.table import Table
+
+    table = Table(title=f"{escape(dataset.name)}, strategy {strategy}, model {escape(model_name)} (run {summary['run_id']})")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("examples", justify="right")
+    for name, value in summary["metrics"].items():
+        table.add_row(name, f"{value:.4f}", str(summary["counts"][name]))
+    for name in ("latency_p50_s", "latency_p95_s", "completion_tokens_per_answer", "prompt_tokens_per_answer"):
+        if summary[name] is not None:
+            table.add_row(name, f"{summary[name]:.3f}", str(summary["n"]))
+    out.print(table)
+
+
 @app.command()
 def models(as_json: bool = JSON_OPTION):
     """The packaged models: runtime, weight format, installed or not, size, licence, cache state."""
