@@ -465,6 +465,54 @@ def eval_qa(
 
 
 @app.command()
+def compare(
+    runs: list[str] = typer.Option(..., "--runs", help="Run ids to compare (--runs A B C, or comma-separated)."),
+    more_runs: Optional[list[str]] = typer.Argument(None, metavar="[RUN]...", help="More run ids after --runs A."),
+    runs_db: Optional[Path] = typer.Option(None, "--runs-db", help="Runs database (default <kb>/runs.db, else ./ragtune-runs.db)."),
+    kb: Optional[Path] = typer.Option(None, "--kb", help="Knowledge base whose runs.db holds the runs."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric (default correct when every example has a label, else f1)."),
+    knowledge_changes: str = typer.Option("monthly", "--knowledge-changes", help="daily, monthly or never: changing knowledge favours retrieval."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and report.html."),
+    as_json: bool = JSON_OPTION,
+):
+    """Compare stored runs: every metric, paired 95% intervals and p-values against the best, latency, a recommendation and reports."""
+    from .errors import ConfigError
+    from .evaluate.compare import KNOWLEDGE_CHANGES, compare_runs
+    from .evaluate.report import write_reports
+    from .store.runs import default_path, open_runs_db
+
+    if knowledge_changes not in KNOWLEDGE_CHANGES:
+        raise typer.BadParameter(f"must be one of {', '.join(KNOWLEDGE_CHANGES)}", param_hint="--knowledge-changes")
+    ids = [part for item in [*runs, *(more_runs or [])] for part in item.split(",") if part]
+    path = runs_db or default_path(kb)
+    if not Path(path).is_file():
+        raise ConfigError(f"{'--runs-db' if runs_db else '--kb' if kb else '--runs-db'}: no runs database at {path}; "
+                          "run `ragtune eval qa` first or pass --runs-db")
+    with open_runs_db(path, None) as db:
+        result = compare_runs(db, ids, metric=metric, knowledge_changes=knowledge_changes)
+    data = write_reports(result, out_dir)
+    if as_json:
+        return _emit_json(data)
+    from rich.table import Table
+
+    from .evaluate.report import table_rows
+
+    header, body = table_rows(result)
+    table = Table(title=f"{result['n_examples']} shared examples ({result['dropped_examples']} dropped), "
+                        f"primary metric {escape(result['metric'])}")
+    for name in header:
+        table.add_column(escape(name), justify="left" if name == "strategy" else "right")
+    for row in body:
+        table.add_row(*[escape(cell) for cell in row])
+    out.print(table)
+    rec = result["recommendation"]
+    out.print(f"[bold]Recommendation:[/] {escape(rec['strategy'] or 'none (the data cannot separate the top strategies)')}")
+    for reason in rec["reasons"]:
+        out.print(f"  - {escape(reason)}", soft_wrap=True)
+    out.print(f"Reports: {escape(str(out_dir / 'report.html'))}, report.md, report.json")
+
+
+@app.command()
 def models(as_json: bool = JSON_OPTION):
     """The packaged models: runtime, weight format, installed or not, size, licence, cache state."""
     from .models.listing import model_rows, print_models
