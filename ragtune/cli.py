@@ -404,6 +404,7 @@ def eval_qa(
     limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Continue this stored run."),
     fresh: bool = typer.Option(False, "--fresh", help="Start a new run even if an unfinished identical one exists."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Questions answered at once (llama.cpp decodes them in one batch; closed-book strategies)."),
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
@@ -423,12 +424,13 @@ def eval_qa(
     if retrieval and kb is None:
         raise ConfigError(f"--strategy {strategy} needs --kb: the knowledge base to retrieve from")
     model_name = model or DEFAULT_MODEL
-    generator = make_generator(model_name, threads=threads, backend=backend)
+    generator = make_generator(model_name, threads=threads, backend=backend, slots=concurrency)
     if hasattr(generator, "load"):
         generator.load()  # loaded before timing starts, so the first answer's latency is not the model load
     config = {"strategy": strategy, "model": model_name, "backend": backend, "kb": str(kb) if kb else None,
               "k": k if retrieval else None, "max_new_tokens": max_tokens, "threads": threads,
-              "mode": "hybrid" if retrieval else None, "min_relevance": 0.0 if retrieval else None}
+              "mode": "hybrid" if retrieval else None, "min_relevance": 0.0 if retrieval else None,
+              "concurrency": concurrency}
     base = None
     try:
         if retrieval:
@@ -442,7 +444,7 @@ def eval_qa(
         with open_runs_db(runs_db, kb) as db:
             summary = run_eval(dataset, runner, db, model=model_name, kb_path=str(kb) if retrieval else None,
                                k=k if retrieval else None, config=config, limit=limit, run_id=run_id,
-                               resume=not fresh, console=None if as_json else err)
+                               resume=not fresh, console=None if as_json else err, concurrency=concurrency)
     finally:
         if base is not None:
             base.close()

@@ -163,3 +163,42 @@ def test_sigkill_mid_run_resumes_with_each_example_once(setup):
         if row["example_id"] in before:
             assert row["created"] == before[row["example_id"]]["created"]
             assert row["prediction"] == before[row["example_id"]]["prediction"]
+
+
+def test_concurrent_answers_are_stored_once_each_in_order(tmp_path):
+    """--concurrency answers several examples at once; each is still stored exactly once, and a
+    strategy that is not safe to share (RAG's knowledge base) runs one at a time."""
+    import threading
+    import time as clock
+
+    from ragtune.evaluate.dataset import EvalExample, write_eval_set
+    from ragtune.evaluate.runner import run_eval
+    from ragtune.store.runs import RunsDB
+
+    examples = [EvalExample(id=f"q{i}", question=f"question {i}?", answers=[f"answer {i}"]) for i in range(10)]
+    dataset = tmp_path / "set.jsonl"
+    write_eval_set(examples, dataset)
+
+    class Echo:
+        name, uses_retrieval = "base", False
+
+        def __init__(self, safe):
+            self.concurrent_safe, self.active, self.peak, self.lock = safe, 0, 0, threading.Lock()
+
+        def answer(self, example):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            clock.sleep(0.05)
+            with self.lock:
+                self.active -= 1
+            return {"prediction": example.question.replace("question", "answer").rstrip("?"), "retrieved_ids": [],
+                    "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.05}
+
+    for safe, expected_peak in ((True, 3), (False, 1)):
+        strategy = Echo(safe)
+        with RunsDB(tmp_path / f"runs-{safe}.db") as db:
+            summary = run_eval(dataset, strategy, db, model="echo", concurrency=3)
+            stored = db.predictions(summary["run_id"])
+        assert [row["example_id"] for row in stored] == [ex.id for ex in examples]
+        assert summary["metrics"]["em"] == 1.0 and strategy.peak == expected_peak

@@ -55,6 +55,7 @@ class BaseStrategy:
     """Closed-book: the model alone answers the question (with one worked example)."""
 
     uses_retrieval = False
+    concurrent_safe = True  # only the generator is shared, and llama.cpp's batches concurrent calls
 
     def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32):
         self.generator, self.name, self.max_new_tokens = generator, name, max_new_tokens
@@ -79,6 +80,7 @@ class RagStrategy:
     """Retrieve top-k from the knowledge base, answer from the sources, cite them as [n]."""
 
     uses_retrieval = True
+    concurrent_safe = False  # the knowledge base's SQLite connection belongs to the thread that opened it
 
     def __init__(self, kb, generator, *, k: int = 5, name: str = "rag", max_new_tokens: int = 32,
                  min_relevance: float = 0.0, mode: str = "hybrid"):
@@ -151,13 +153,15 @@ def summarize(predictions: list[dict]) -> dict:
 
 def run_eval(dataset, strategy: Strategy, db, *, examples=None, model: str | None = None, kb_path: str | None = None,
              k: int | None = None, config: dict | None = None, limit: int | None = None, run_id: str | None = None,
-             resume: bool = True, console=None) -> dict:
+             resume: bool = True, console=None, concurrency: int = 1) -> dict:
     """Answer, score and store every example of `dataset` (a JSONL path) with `strategy` in `db` (RunsDB).
 
     With `resume`, an unfinished run of the same dataset content, strategy, model (name and hash),
     KB and k is continued and its stored examples skipped; `run_id` continues that run explicitly.
     Returns the summary of all the run's stored predictions (see summarize) with run_id and strategy.
-    `console` (a rich Console, usually stderr) shows a progress bar.
+    `console` (a rich Console, usually stderr) shows a progress bar. `concurrency` > 1 answers that
+    many examples at once (threads; a llama.cpp generator with as many slots decodes them in one
+    batch) for strategies marked `concurrent_safe`; predictions are still stored one by one, here.
     """
     from ..errors import ConfigError
     from ..store.runs import file_sha256, model_hash
@@ -189,8 +193,7 @@ def run_eval(dataset, strategy: Strategy, db, *, examples=None, model: str | Non
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=console is None) as bar:
         task = bar.add_task(f"{strategy.name}", total=len(examples), completed=len(examples) - len(todo))
-        for example in todo:
-            output = strategy.answer(example)
+        for example, output in _answers(strategy, todo, concurrency):
             scores = score(example, output, uses_retrieval=strategy.uses_retrieval)
             db.add_prediction(run_id, example.id, prediction=output["prediction"], scores=scores,
                               retrieved_ids=output["retrieved_ids"], prompt_tokens=output["prompt_tokens"],
@@ -200,3 +203,25 @@ def run_eval(dataset, strategy: Strategy, db, *, examples=None, model: str | Non
     wanted = {ex.id for ex in examples}
     stored = [row for row in db.predictions(run_id) if row["example_id"] in wanted]
     return {"run_id": run_id, "strategy": strategy.name, **summarize(stored)}
+
+
+def _answers(strategy, examples: list, concurrency: int):
+    """(example, output) pairs in order; up to `concurrency` answered at once when the strategy allows."""
+    if concurrency <= 1 or not getattr(strategy, "concurrent_safe", False):
+        if concurrency > 1:
+            log.info("%s answers one example at a time (it is not safe to run concurrently)", strategy.name)
+        for example in examples:
+            yield example, strategy.answer(example)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval") as pool:
+        # a bounded window keeps memory flat and lets a kill lose at most `concurrency` answers
+        window = []
+        for example in examples:
+            window.append((example, pool.submit(strategy.answer, example)))
+            if len(window) >= 2 * concurrency:
+                first, future = window.pop(0)
+                yield first, future.result()
+        for example, future in window:
+            yield example, future.result()
