@@ -97,25 +97,11 @@ class LlamaCppGenerator:
         if self.lora and not Path(self.lora).expanduser().is_file():
             raise ConfigError(f"--lora {self.lora}: no such file; write one with `ragtune export RUN --gguf-adapter OUT.gguf`")
         source = gguf_file(self.name)
-        trained = self._trained_context(source)
-        n_ctx = int(min(self._context_window or 8192, trained or 8192))
+        n_ctx = int(self._context_window or 8192)  # the engine caps it at the model's trained context
         path, self.runtime_format = runtime_gguf(source, weight_format=self.weight_format, threads=self.threads)
         self._engine = _engine(str(path), n_ctx, self.slots, self.threads, self.lora)
         self._formatter = self._chat_formatter()
         return self
-
-    @staticmethod
-    def _trained_context(path: Path) -> int | None:
-        """The context length the model was trained for, from the GGUF header (gguf-py, memory-mapped)."""
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        arch = reader.fields.get("general.architecture")
-        if arch is None:
-            return None
-        name = bytes(arch.parts[arch.data[0]]).decode()
-        field = reader.fields.get(f"{name}.context_length")
-        return int(field.parts[field.data[0]][0]) if field is not None else None
 
     def _chat_formatter(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -76,7 +76,7 @@ class LlamaCppEngine:
 
     def __init__(self, path: str, *, n_ctx: int, slots: int = 1, threads: int | None = None,
                  batch_threads: int | None = None, n_batch: int = 512, lora: str | None = None,
-                 flash_attn: bool = True, unified_kv: bool = False):
+                 flash_attn: bool = True):
         import llama_cpp
 
         self._c = llama_cpp
@@ -88,6 +88,8 @@ class LlamaCppEngine:
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        trained = int(llama_cpp.llama_model_n_ctx_train(self.model))
+        n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx  # never beyond what the model was trained for
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * self.slots_count
         cparams.n_batch = cparams.n_ubatch = n_batch
@@ -95,8 +97,7 @@ class LlamaCppEngine:
         # one KV stream per sequence: attention then reads only that sequence's cells; a shared pool
         # made every token attend over all sequences' cells and capped 8 sequences at 1.7x one
         # (bench/generation.py). Flash attention: faster prefill and batched decode on CPU here too.
-        cparams.kv_unified = unified_kv
-        self.unified_kv = unified_kv
+        cparams.kv_unified = False
         threads = threads or 2
         cparams.n_threads, cparams.n_threads_batch = threads, batch_threads or threads
         cparams.flash_attn_type = 1 if flash_attn else 0
@@ -284,12 +285,9 @@ class LlamaCppEngine:
         shared = _common_prefix(donor.tokens, prompt) if donor is not None else 0
         if shared > own + 16:
             c = self._c
-            c.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-            if self.unified_kv:
-                c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, 0, shared)
-            else:  # across streams llama.cpp copies whole buffers only: copy, then cut after the prefix
-                c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, -1, -1)
-                c.llama_memory_seq_rm(self.memory, slot.seq_id, shared, -1)
+            # across streams llama.cpp copies whole buffers only: copy, then cut after the prefix
+            c.llama_memory_seq_cp(self.memory, donor.seq_id, slot.seq_id, -1, -1)
+            c.llama_memory_seq_rm(self.memory, slot.seq_id, shared, -1)
             slot.tokens = donor.tokens[:shared]
 
     def _step(self, active: list[Request]) -> None:
