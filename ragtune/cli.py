@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from .cli_shared import (API_KEY_ENV_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, LORA_OPTION, MODEL_OPTION,  # noqa: F401
+                         THREADS_OPTION, TIMEOUT_OPTION, WAIT_OPTION, WEIGHT_FORMAT_OPTION, WORKED_EXAMPLE_OPTION,
+                         _emit_json, err, out)
 from .errors import RagtuneError
+from .evaluate.cli import register as register_evaluate_commands
 from .finetune.data_cli import data_app
 from .finetune.train_cli import register as register_finetune_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt a language model to your documents and tasks, locally.")
-out = Console()
-err = Console(stderr=True)
 
-JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-THREADS_OPTION = typer.Option(None, "--threads", help="Torch threads (default: the KB's setting, else torch's).")
-WAIT_OPTION = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish.")
-
-
-def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @app.command()
@@ -210,15 +202,6 @@ def search(
     print_hits(out, query, hits, explain=explain)
 
 
-MODEL_OPTION = typer.Option(None, "--model", help="Registered model name or local model directory (default SmolLM2-135M-Instruct); with --base-url, the served model's name.")
-API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the endpoint's key.")
-TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an endpoint.")
-BACKEND_OPTION = typer.Option("auto", "--backend", help="Local runtime: auto (llama.cpp for GGUF models where it is installed, else transformers), llamacpp or transformers.")
-LORA_OPTION = typer.Option(None, "--lora", help="A GGUF LoRA adapter (`ragtune export RUN --gguf-adapter`) applied over --model on llama.cpp.")
-WORKED_EXAMPLE_OPTION = typer.Option(False, "--worked-example", help="Show the model one worked question and cited answer first: helps Qwen2.5-Coder-0.5B (the demo uses it), hurts SmolLM2-135M.")
-WEIGHT_FORMAT_OPTION = typer.Option("auto", "--weight-format", help="llama.cpp weights: auto (the type measured fastest on this CPU, once), source (as shipped), Q4_0, Q8_0, F16, BF16 or F32.")
-BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")
-
 
 def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto",
                   weight_format="auto", worked_example=False, lora=None):
@@ -315,203 +298,9 @@ def chat(
             print_answer_sources(out, result, compact=True)
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later generation) quality; import evaluation sets.")
-app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
 register_finetune_commands(app)
-
-
-@eval_app.command("retrieval")
-def eval_retrieval(
-    beir: Path = typer.Option(..., "--beir", help="BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."),
-    split: str = typer.Option("test", "--split", help="Which qrels/<split>.tsv to score."),
-    kb: Optional[Path] = typer.Option(None, "--kb", help="Ingest into (and reuse) this KB; default: a temporary one."),
-    mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or lexical."),
-    precision: str = typer.Option("auto", "--precision", help="Embedding precision for a new KB: auto, fp32 or bf16."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N judged queries."),
-    threads: Optional[int] = THREADS_OPTION,
-    as_json: bool = JSON_OPTION,
-):
-    """nDCG@10, recall@10/100, MRR@10 and MAP@100 of one search mode on a BEIR data set."""
-    from .config import KBConfig, build
-    from .evaluate.beir import evaluate_retrieval
-    from .retrieve.search import MODES
-
-    if mode not in MODES:
-        raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
-    config = build(KBConfig, {"precision": precision, "threads": threads}, "ragtune eval retrieval")
-    from rich.progress import Progress
-
-    with Progress(console=err, transient=True, disable=as_json) as bar:
-        task = bar.add_task("queries", total=None)
-        result = evaluate_retrieval(beir, split=split, kb_path=kb, mode=mode, threads=threads, config=config,
-                                    limit=limit, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    if as_json:
-        return _emit_json(result["metrics"])
-    from rich.table import Table
-
-    table = Table(title=f"{beir.name} ({split}), mode {mode}")
-    for name in result["metrics"]:
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in result["metrics"].values()))
-    out.print(table)
-    out.print(f"timings: {result['timings']}")
-
-
-@eval_app.command("import")
-def eval_import(
-    kind: str = typer.Argument(..., help="beir, squad, hotpotqa, pubmedqa, gorilla-torchhub or csv."),
-    src: Path = typer.Argument(..., help="The data file (or its folder; a BEIR folder for beir)."),
-    out_file: Path = typer.Option(..., "--out", help="Evaluation set to write (JSONL; replaced atomically)."),
-    split: Optional[str] = typer.Option(None, "--split", help="beir: which qrels/<split>.tsv (default test)."),
-    question_col: Optional[str] = typer.Option(None, "--question-col", help="csv: question column (default question)."),
-    answer_col: Optional[str] = typer.Option(None, "--answer-col", help="csv: answer column (default answer; several answers split on |)."),
-    id_col: Optional[str] = typer.Option(None, "--id-col", help="csv: id column (default: row-<line>)."),
-    label_col: Optional[str] = typer.Option(None, "--label-col", help="csv: class label column."),
-    category_col: Optional[str] = typer.Option(None, "--category-col", help="csv: category column."),
-    as_json: bool = JSON_OPTION,
-):
-    """Convert a benchmark or CSV into ragtune's evaluation-set format (docs/evaluation.md)."""
-    from .evaluate.dataset import summarize, write_eval_set
-    from .evaluate.importers import import_eval_set
-
-    examples = import_eval_set(kind, src, split=split, question_col=question_col, answer_col=answer_col,
-                               id_col=id_col, label_col=label_col, category_col=category_col)
-    write_eval_set(examples, out_file)
-    summary = {"kind": kind, "source": str(src), "out": str(out_file), **summarize(examples)}
-    if as_json:
-        return _emit_json(summary)
-    out.print(f"wrote {summary['examples']} examples to [bold]{escape(str(out_file))}[/] "
-              f"({summary['with_answers']} with answers, {summary['with_gold_docs']} with gold documents)")
-    for name in ("labels", "categories"):
-        if summary[name]:
-            out.print(f"{name}: " + ", ".join(f"{escape(str(k))} {v}" for k, v in summary[name].items()))
-
-
-EVAL_STRATEGIES = ("base", "rag", "ft", "ft+rag")
-
-
-@eval_app.command("qa")
-def eval_qa(
-    dataset: Path = typer.Option(..., "--dataset", help="Evaluation set (JSONL, see docs/evaluation.md)."),
-    strategy: str = typer.Option(..., "--strategy", help="base (closed-book), rag, ft or ft+rag (ft: a fine-tuned --model, required)."),
-    model: Optional[str] = MODEL_OPTION,
-    backend: str = BACKEND_OPTION,
-    kb: Optional[Path] = typer.Option(None, "--kb", help="Knowledge base for rag / ft+rag."),
-    k: int = typer.Option(5, "--k", help="Chunks to retrieve (rag)."),
-    max_tokens: int = typer.Option(32, "--max-tokens", help="Longest answer in tokens."),
-    runs_db: Optional[Path] = typer.Option(None, "--runs-db", help="Runs database (default <kb>/runs.db, else ./ragtune-runs.db)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Continue this stored run."),
-    fresh: bool = typer.Option(False, "--fresh", help="Start a new run even if an unfinished identical one exists."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Questions answered at once (llama.cpp decodes them in one batch; closed-book strategies)."),
-    threads: Optional[int] = THREADS_OPTION,
-    as_json: bool = JSON_OPTION,
-):
-    """Answer an evaluation set with one strategy, score and store each prediction; resumes after a kill."""
-    from .errors import ConfigError
-    from .evaluate.runner import BaseStrategy, RagStrategy, run_eval
-    from .generate import make_generator
-    from .generate.base import DEFAULT_MODEL
-    from .store.runs import open_runs_db
-
-    if strategy not in EVAL_STRATEGIES:
-        raise typer.BadParameter(f"must be one of {', '.join(EVAL_STRATEGIES)}", param_hint="--strategy")
-    if strategy.startswith("ft") and not model:
-        raise ConfigError(f"--strategy {strategy} needs --model: the fine-tuned model (a run or export directory, "
-                          "a packaged name or a .gguf file)")
-    retrieval = strategy in ("rag", "ft+rag")
-    if retrieval and kb is None:
-        raise ConfigError(f"--strategy {strategy} needs --kb: the knowledge base to retrieve from")
-    model_name = model or DEFAULT_MODEL
-    generator = make_generator(model_name, threads=threads, backend=backend, slots=concurrency)
-    if hasattr(generator, "load"):
-        generator.load()  # loaded before timing starts, so the first answer's latency is not the model load
-    config = {"strategy": strategy, "model": model_name, "backend": backend, "kb": str(kb) if kb else None,
-              "k": k if retrieval else None, "max_new_tokens": max_tokens, "threads": threads,
-              "mode": "hybrid" if retrieval else None, "min_relevance": 0.0 if retrieval else None,
-              "concurrency": concurrency}
-    base = None
-    try:
-        if retrieval:
-            from .kb import KnowledgeBase
-
-            base = KnowledgeBase.open(kb, threads=threads)
-            base.embedder.encode_query("warm up")  # likewise: load the embedder before the first timed answer
-            runner = RagStrategy(base, generator, k=k, name=strategy, max_new_tokens=max_tokens)
-        else:
-            runner = BaseStrategy(generator, name=strategy, max_new_tokens=max_tokens)
-        with open_runs_db(runs_db, kb) as db:
-            summary = run_eval(dataset, runner, db, model=model_name, kb_path=str(kb) if retrieval else None,
-                               k=k if retrieval else None, config=config, limit=limit, run_id=run_id,
-                               resume=not fresh, console=None if as_json else err, concurrency=concurrency)
-    finally:
-        if base is not None:
-            base.close()
-    if as_json:
-        return _emit_json({key: summary[key] for key in ("run_id", "strategy", "metrics", "latency_p50_s",
-                                                         "latency_p95_s", "n", "completion_tokens_per_answer",
-                                                         "prompt_tokens_per_answer", "counts")})
-    from rich.table import Table
-
-    table = Table(title=f"{escape(dataset.name)}, strategy {strategy}, model {escape(model_name)} (run {summary['run_id']})")
-    table.add_column("metric")
-    table.add_column("mean", justify="right")
-    table.add_column("examples", justify="right")
-    for name, value in summary["metrics"].items():
-        table.add_row(name, f"{value:.4f}", str(summary["counts"][name]))
-    for name in ("latency_p50_s", "latency_p95_s", "completion_tokens_per_answer", "prompt_tokens_per_answer"):
-        if summary[name] is not None:
-            table.add_row(name, f"{summary[name]:.3f}", str(summary["n"]))
-    out.print(table)
-
-
-@app.command()
-def compare(
-    runs: list[str] = typer.Option(..., "--runs", help="Run ids to compare (--runs A B C, or comma-separated)."),
-    more_runs: Optional[list[str]] = typer.Argument(None, metavar="[RUN]...", help="More run ids after --runs A."),
-    runs_db: Optional[Path] = typer.Option(None, "--runs-db", help="Runs database (default <kb>/runs.db, else ./ragtune-runs.db)."),
-    kb: Optional[Path] = typer.Option(None, "--kb", help="Knowledge base whose runs.db holds the runs."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric (default correct when every example has a label, else f1)."),
-    knowledge_changes: str = typer.Option("monthly", "--knowledge-changes", help="daily, monthly or never: changing knowledge favours retrieval."),
-    out_dir: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and report.html."),
-    as_json: bool = JSON_OPTION,
-):
-    """Compare stored runs: every metric, paired 95% intervals and p-values against the best, latency, a recommendation and reports."""
-    from .errors import ConfigError
-    from .evaluate.compare import KNOWLEDGE_CHANGES, compare_runs
-    from .evaluate.report import write_reports
-    from .store.runs import default_path, open_runs_db
-
-    if knowledge_changes not in KNOWLEDGE_CHANGES:
-        raise typer.BadParameter(f"must be one of {', '.join(KNOWLEDGE_CHANGES)}", param_hint="--knowledge-changes")
-    ids = [part for item in [*runs, *(more_runs or [])] for part in item.split(",") if part]
-    path = runs_db or default_path(kb)
-    if not Path(path).is_file():
-        raise ConfigError(f"{'--runs-db' if runs_db else '--kb' if kb else '--runs-db'}: no runs database at {path}; "
-                          "run `ragtune eval qa` first or pass --runs-db")
-    with open_runs_db(path, None) as db:
-        result = compare_runs(db, ids, metric=metric, knowledge_changes=knowledge_changes)
-    data = write_reports(result, out_dir)
-    if as_json:
-        return _emit_json(data)
-    from rich.table import Table
-
-    from .evaluate.report import table_rows
-
-    header, body = table_rows(result)
-    table = Table(title=f"{result['n_examples']} shared examples ({result['dropped_examples']} dropped), "
-                        f"primary metric {escape(result['metric'])}")
-    for name in header:
-        table.add_column(escape(name), justify="left" if name == "strategy" else "right")
-    for row in body:
-        table.add_row(*[escape(cell) for cell in row])
-    out.print(table)
-    rec = result["recommendation"]
-    out.print(f"[bold]Recommendation:[/] {escape(rec['strategy'] or 'none (the data cannot separate the top strategies)')}")
-    for reason in rec["reasons"]:
-        out.print(f"  - {escape(reason)}", soft_wrap=True)
-    out.print(f"Reports: {escape(str(out_dir / 'report.html'))}, report.md, report.json")
+register_evaluate_commands(app)
 
 
 @app.command()

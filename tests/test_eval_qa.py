@@ -202,3 +202,112 @@ def test_concurrent_answers_are_stored_once_each_in_order(tmp_path):
             stored = db.predictions(summary["run_id"])
         assert [row["example_id"] for row in stored] == [ex.id for ex in examples]
         assert summary["metrics"]["em"] == 1.0 and strategy.peak == expected_peak
+
+
+def test_compare_strategies_runs_each_then_compares_with_quick_caveat(setup):
+    """`compare --strategies base,rag --dataset --kb --quick` answers with both, stores both runs and
+    prints the documented JSON: strategies with metrics and latency, a recommendation with reasons."""
+    root, kb, dataset = setup
+    db_path, out_dir = root / "strategies.db", root / "report"
+    result = run_cli("compare", "--strategies", "base,rag", "--dataset", dataset, "--kb", kb, "--k", "2",
+                     "--runs-db", db_path, "--quick", "--out", out_dir, "--json", "--judge", "SmolLM2-135M-Instruct",
+                     *COMMON)
+    data = json.loads(result.stdout)
+    assert set(data["strategies"]) == {"base", "rag"}
+    for name, stats in data["strategies"].items():
+        assert 0.0 <= stats["f1"] <= 1.0 and stats["latency_p50_s"] > 0 and stats["strategy"] == name
+    assert "faithfulness" in data["strategies"]["rag"] and "faithfulness" not in data["strategies"]["base"]
+    # the judge (grammar-constrained on llama.cpp) scored the RAG answers; failures would be counted, not dropped
+    assert data["strategies"]["rag"]["judge_failed"] == 0.0 and 0.0 <= data["strategies"]["rag"]["judge_faithfulness"] <= 1.0
+    assert data["recommendation"]["strategy"] in (None, "base", "rag") and data["recommendation"]["reasons"]
+    assert any("--quick" in reason for reason in data["recommendation"]["reasons"])
+    assert data["report"] == str(out_dir / "report.html") and (out_dir / "report.html").is_file()
+    with RunsDB(db_path) as db:
+        runs = db.runs()
+        assert sorted(run["strategy"] for run in runs) == ["base", "rag"]
+        assert all(run["status"] == "finished" and run["config"]["quick"] for run in runs)
+        assert all(len(db.predictions(run["id"])) == len(QUESTIONS) for run in runs)
+
+
+def test_compare_needs_runs_or_strategies_and_names_missing_flags(setup):
+    root, kb, dataset = setup
+    for args, flag in ((("--out", root / "x"), "--runs"),
+                       (("--strategies", "base,ft", "--dataset", dataset, "--out", root / "x"), "--ft-model"),
+                       (("--strategies", "rag", "--dataset", dataset, "--out", root / "x"), "--kb"),
+                       (("--strategies", "base,nope", "--dataset", dataset, "--out", root / "x"), "nope"),
+                       (("--strategies", "base", "--out", root / "x"), "--dataset")):
+        result = run_cli("compare", *args, check=False)
+        assert result.returncode == 2, result.stderr
+        assert flag in result.stderr and "Traceback" not in result.stderr
+
+
+def test_concurrent_rag_retrieves_as_sequential_and_stores_in_order(setup, tmp_path):
+    """RAG answers several questions at once (the KB under a lock, generation overlapping): the
+    sources shown are those of a one-at-a-time run, and every example is stored once, in order."""
+    from ragtune.evaluate.runner import run_eval
+    from ragtune.evaluate.strategies import RagStrategy
+    from ragtune.generate import make_generator
+    from ragtune.kb import KnowledgeBase
+
+    _, kb_path, dataset = setup
+    generator = make_generator("SmolLM2-135M-Instruct", threads=2, slots=4)
+    retrieved = {}
+    with KnowledgeBase.open(kb_path, threads=2) as kb:
+        for concurrency in (1, 4):
+            with RunsDB(tmp_path / f"c{concurrency}.db") as db:
+                strategy = RagStrategy(kb, generator, k=2, max_new_tokens=16)
+                summary = run_eval(dataset, strategy, db, model="SmolLM2-135M-Instruct", concurrency=concurrency,
+                                   config={"max_new_tokens": 16})
+                rows = db.predictions(summary["run_id"])
+            assert [row["example_id"] for row in rows] == [q["id"] for q in QUESTIONS]
+            retrieved[concurrency] = [row["retrieved_ids"] for row in rows]
+    assert retrieved[1] == retrieved[4]
+
+
+def test_quick_sample_is_fixed_and_stratified():
+    from ragtune.evaluate.dataset import EvalExample
+    from ragtune.evaluate.plan import quick_sample
+
+    examples = [EvalExample(id=str(i), question="q?", answers=["a"], category="rare" if i % 10 == 0 else "common")
+                for i in range(200)]
+    first, second = quick_sample(examples, 40), quick_sample(examples, 40)
+    assert [e.id for e in first] == [e.id for e in second] and len(first) == 40
+    assert [int(e.id) for e in first] == sorted(int(e.id) for e in first)  # file order kept
+    assert sum(e.category == "rare" for e in first) == 20  # round-robin: the rare category is not drowned
+    assert quick_sample(examples[:10], 40) == examples[:10]
+
+
+def test_training_cost_is_read_from_a_run_and_changed_settings_do_not_resume(tmp_path):
+    from ragtune.evaluate.dataset import EvalExample, write_eval_set
+    from ragtune.evaluate.plan import training_cost
+    from ragtune.evaluate.runner import run_eval
+
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"seconds": 412.5, "train_tokens": 123456, "method": "lora",
+                                                      "data": {"train_examples": 300}, "metrics": {}}))
+    for path in (run_dir, run_dir / "model"):
+        cost = training_cost(str(path))
+        assert cost["train_seconds"] == 412.5 and cost["train_tokens"] == 123456 and cost["train_examples"] == 300
+    assert training_cost("SmolLM2-135M-Instruct") is None
+
+    dataset = tmp_path / "set.jsonl"
+    write_eval_set([EvalExample(id=f"q{i}", question="q?", answers=["a"]) for i in range(3)], dataset)
+
+    class Once:
+        name, uses_retrieval, concurrent_safe = "base", False, True
+
+        def answer(self, example):
+            if example.id == "q1":
+                raise KeyboardInterrupt  # the run stops part-way, as after a kill
+            return {"prediction": "a", "retrieved_ids": [], "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.1}
+
+    with RunsDB(tmp_path / "runs.db") as db:
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(dataset, Once(), db, config={"max_new_tokens": 16})
+        [first] = db.runs()
+        Once.answer = lambda self, example: {"prediction": "a", "retrieved_ids": [], "prompt_tokens": 1,
+                                             "completion_tokens": 1, "latency_s": 0.1}
+        changed = run_eval(dataset, Once(), db, config={"max_new_tokens": 32})  # another budget: a new run
+        same = run_eval(dataset, Once(), db, config={"max_new_tokens": 16})  # the same settings: resumed
+    assert changed["run_id"] != first["id"] and same["run_id"] == first["id"] and same["n"] == 3

@@ -121,6 +121,28 @@ def split_sentences(answer: str) -> list[str]:
     return [s.strip() for line in text.splitlines() for s in SENTENCE.split(line.strip()) if s.strip()]
 
 
+def calibrated_embedder(embedder):
+    """`embedder` if the support thresholds were calibrated for it, else None (judge by word overlap)."""
+    if embedder is not None and getattr(embedder, "name", None) not in CALIBRATED_EMBEDDERS:
+        log.debug("citation thresholds are calibrated for %s, not %s: checking by word overlap only",
+                  ", ".join(sorted(CALIBRATED_EMBEDDERS)), getattr(embedder, "name", embedder))
+        return None
+    return embedder
+
+
+def claim_sentences(answer: str, *, min_words: int = 4) -> list[tuple[str, str, list[int]]]:
+    """(sentence, sentence without its [n] markers, the numbers it cites) for each sentence that
+    asserts something: not an "I do not know", and cited or at least `min_words` words long."""
+    claims = []
+    for sentence in split_sentences(answer):
+        plain = CITATION.sub("", sentence).strip()
+        cited = list(dict.fromkeys(cited_numbers(sentence)))
+        if (TOKEN.search(plain) and not any(p in plain.lower() for p in NOT_FOUND)
+                and (cited or len(plain.split()) >= min_words)):
+            claims.append((sentence, plain, cited))
+    return claims
+
+
 def check_citations(answer: str, sources, embedder=None) -> CitationCheck:
     """Map each [n] to sources[n-1] and check every claim sentence for support. `sources` need `.text`
     and the location fields of a retrieval hit. Without `embedder` support is judged on word overlap
@@ -128,10 +150,7 @@ def check_citations(answer: str, sources, embedder=None) -> CitationCheck:
     similarity (SUPPORT_THRESHOLD)."""
     check = CitationCheck()
     seen: set[int] = set()
-    if embedder is not None and getattr(embedder, "name", None) not in CALIBRATED_EMBEDDERS:
-        log.debug("citation thresholds are calibrated for %s, not %s: checking by word overlap only",
-                  ", ".join(sorted(CALIBRATED_EMBEDDERS)), getattr(embedder, "name", embedder))
-        embedder = None
+    embedder = calibrated_embedder(embedder)
 
     def cite(n: int, inferred: bool = False) -> None:
         seen.add(n)
@@ -147,13 +166,7 @@ def check_citations(answer: str, sources, embedder=None) -> CitationCheck:
         else:
             seen.add(n)
             check.unknown.append(n)
-    claims = []
-    for sentence in split_sentences(answer):
-        plain = CITATION.sub("", sentence).strip()
-        cited = list(dict.fromkeys(cited_numbers(sentence)))
-        if (TOKEN.search(plain) and not any(p in plain.lower() for p in NOT_FOUND)
-                and (cited or len(plain.split()) >= 4)):
-            claims.append((sentence, plain, cited))
+    claims = claim_sentences(answer)
     scorer = SupportScorer([hit.text for hit in sources], embedder)
     vectors = scorer.embed([plain for _, plain, _ in claims])
     for (sentence, plain, cited), vector in zip(claims, vectors):

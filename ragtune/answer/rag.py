@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -50,13 +51,19 @@ def relevance(kb, question: str, hits) -> float:
 
 def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filters=None, min_relevance: float = 0.3,
         max_new_tokens: int = 256, temperature: float = 0.0, templates: Templates | None = None,
-        history: list[dict] | None = None, query: str | None = None, on_text=None) -> Answer:
+        history: list[dict] | None = None, query: str | None = None, on_text=None, kb_lock=None) -> Answer:
     """Answer `question` from the KB. `query` (default: the question) is what retrieval searches for;
-    `history` is earlier chat turns; `on_text(piece)` receives the answer as it streams."""
+    `history` is earlier chat turns; `on_text(piece)` receives the answer as it streams.
+
+    `kb_lock` (a threading.Lock) lets many threads answer at once over one KB: the KB and its
+    embedder are used only while holding it, and generation (the slow part, which a batching
+    generator runs together) happens outside it."""
     question = check_query(question)
+    guard = kb_lock or contextlib.nullcontext()
     started = time.perf_counter()
-    hits = kb.search(query or question, k, mode=mode, filters=filters)
-    score = relevance(kb, query or question, hits)
+    with guard:
+        hits = kb.search(query or question, k, mode=mode, filters=filters)
+        score = relevance(kb, query or question, hits)
     timings = {"retrieve_s": round(time.perf_counter() - started, 3)}
     if score < min_relevance:
         if on_text:
@@ -73,6 +80,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
                    sources_given=len(prompt.sources), sources_dropped=prompt.dropped)
     t0 = time.perf_counter()
     # the KB's own embedder (already loaded by the search) also scores each sentence against its sources
-    check = check_citations(text, prompt.sources, embedder=kb.embedder)
+    with guard:
+        check = check_citations(text, prompt.sources, embedder=kb.embedder)
     timings["check_s"] = round(time.perf_counter() - t0, 3)
     return Answer(question, text, prompt, check, True, score, timings, query)

@@ -137,6 +137,21 @@ def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, kn
     return {"strategy": chosen, "reasons": reasons, "tied": tied}
 
 
+def _cost_reasons(chosen: str | None, strategies: dict) -> list[str]:
+    """What training cost, stated for every strategy that trained (the chosen one first)."""
+    from .report import training_text
+
+    trained = {name: s["training"] for name, s in strategies.items() if s.get("training")
+               and s["training"].get("train_seconds") is not None}
+    if not trained:
+        return []
+    order = sorted(trained, key=lambda name: name != chosen)
+    parts = [f"{name} took {training_text(trained[name])} of training" for name in order]
+    untrained = [name for name in strategies if name not in trained]
+    tail = f"; {', '.join(untrained)} needed none" if untrained else ""
+    return [f"Cost: {'; '.join(parts)}{tail}."]
+
+
 def _examples(ids: list[str], names: list[str], runs: list[dict], primary: str, dataset: dict) -> list[dict]:
     """A few examples where the strategies disagree most on the primary metric, for the side-by-side view."""
     def spread(example_id: str) -> float:
@@ -200,7 +215,8 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             intervals.setdefault(name, {})[m] = [boot.low, boot.high]
     strategies = {name: {**{m: float(scores[m][name].mean()) for m in metric_names if name in scores[m]},
                          **{k: v for k, v in stats[name].items() if k != "latencies"},
-                         "run_id": run["id"], "strategy": run["strategy"]}
+                         "run_id": run["id"], "strategy": run["strategy"],
+                         "training": (run.get("config") or {}).get("training")}
                   for name, run in zip(names, runs)}
     dataset = _dataset(runs[0]["dataset_path"])
     categories: dict[str, dict[str, float]] = {}
@@ -212,6 +228,7 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             categories[category]["n"] = len(index)
     recommendation = _recommend(metric, stats, comparisons[metric],
                                 {name: run["strategy"] for name, run in zip(names, runs)}, knowledge_changes)
+    recommendation["reasons"].extend(_cost_reasons(recommendation["strategy"], strategies))
     if len(ids) < SMALL_SAMPLE:
         recommendation["reasons"].append(
             f"Only {len(ids)} examples are shared by these runs: the intervals are wide, and a difference that "

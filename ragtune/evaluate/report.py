@@ -91,18 +91,30 @@ def _metric_columns(result: dict) -> list[str]:
     return [result["metric"], *keys]
 
 
+def training_text(training: dict | None) -> str:
+    """'412 s, 1.2M tokens' for a strategy ragtune trained; '-' for one that needed no training."""
+    if not training or training.get("train_seconds") is None:
+        return "-"
+    tokens = training.get("train_tokens")
+    text = f"{float(training['train_seconds']):.0f} s"
+    if tokens:
+        text += f", {tokens / 1e6:.2f}M tokens" if tokens >= 1e5 else f", {int(tokens)} tokens"
+    return text
+
+
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Strategy x (metric means, difference to best on the primary metric, latency, tokens)."""
     metric, columns = result["metric"], _metric_columns(result)
     header = ["strategy", *columns, f"{metric} vs best [95% interval]", "p", "latency p50 s", "latency p95 s",
-              "tokens/answer"]
+              "tokens/answer", "training"]
     diffs = result["differences"][metric]
     body = []
     for name, s in result["strategies"].items():
         row = diffs["rows"].get(name)
         diff = "best" if row is None else f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
         body.append([name, *[_fmt(s.get(c)) for c in columns], diff, "" if row is None else f"{row['p_value']:.3g}",
-                     _fmt(s["latency_p50_s"]), _fmt(s["latency_p95_s"]), _fmt(s["completion_tokens_per_answer"])])
+                     _fmt(s["latency_p50_s"]), _fmt(s["latency_p95_s"]), _fmt(s["completion_tokens_per_answer"]),
+                     training_text(s.get("training"))])
     return header, body
 
 

@@ -195,7 +195,9 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     best = trainer.state.best_model_checkpoint
     result = TrainResult(run_dir, metrics, best, last, data, time.perf_counter() - started)
     (run_dir / "metrics.json").write_text(json.dumps({**result.as_dict(), "method": recipe.method, "model": recipe.model,
-                                                      "best_metric": trainer.state.best_metric, "history": history},
+                                                      "best_metric": trainer.state.best_metric,
+                                                      "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None),
+                                                      "history": history},
                                                      indent=2, default=str), encoding="utf-8")
     plot_losses(history, run_dir / "loss.png", title=f"{recipe.name} ({recipe.method}, {recipe.model})")
     if progress:

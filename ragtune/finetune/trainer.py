@@ -186,6 +186,8 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        # the training cost `ragtune compare` reports beside quality: tokens trained on, padding excluded
+        include_num_input_tokens_seen="non_padding",
     )
 
 

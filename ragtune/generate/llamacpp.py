@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import json
 import logging
 import time
 from functools import lru_cache
@@ -47,6 +48,22 @@ def unavailable_reason() -> str | None:
     except ImportError:
         return f"llama-cpp-python is not installed; {INSTALL_HINT}"
     return None
+
+
+@lru_cache(maxsize=32)
+def _schema_grammar(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json)
+
+
+def schema_grammar(schema: dict) -> str:
+    """The GBNF grammar (root rule "root") that admits exactly the JSON documents of `schema`,
+    by llama-cpp-python's converter (minItems/maxItems, enum, const, required are honoured)."""
+    try:
+        return _schema_grammar(json.dumps(schema, sort_keys=True))
+    except Exception as exc:  # the converter raises bare errors on schema features it lacks
+        raise ConfigError(f"cannot turn this JSON schema into a llama.cpp grammar: {exc}") from exc
 
 
 @lru_cache(maxsize=2)
@@ -132,7 +149,8 @@ class LlamaCppGenerator:
         engine = self.load()._engine
         return b"".join(engine.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
 
-    def _submit(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int = 0):
+    def _submit(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int = 0,
+                json_schema: dict | None = None):
         from .llamacpp_engine import Request
 
         tokens, stop = self.encode_chat(messages)
@@ -140,15 +158,19 @@ class LlamaCppGenerator:
             raise ConfigError(
                 f"prompt is {len(tokens)} tokens and {max_new_tokens} more are asked for, beyond {self.name}'s "
                 f"{self.context_window}-token context; lower --max-tokens or retrieve fewer chunks (--k)")
+        grammar = schema_grammar(json_schema) if json_schema else None
+        # no repeat penalty under a grammar: JSON repeats its keys by design, and penalising a
+        # repeated `true` would bias a judge's verdicts
         request = Request(tokens=tokens, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                          repeat_penalty=self.repeat_penalty)
+                          repeat_penalty=1.0 if grammar else self.repeat_penalty, grammar=grammar)
         return self._engine.submit(request), stop
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 on_text=None, seed: int = 0) -> Generation:
-        """Generate; `on_text(piece)` receives text as it decodes, in the calling thread."""
+                 on_text=None, seed: int = 0, json_schema: dict | None = None) -> Generation:
+        """Generate; `on_text(piece)` receives text as it decodes, in the calling thread. With
+        `json_schema`, decoding is constrained to JSON of that schema (a GBNF grammar)."""
         started = time.perf_counter()
-        request, stop = self._submit(messages, max_new_tokens, temperature, seed)
+        request, stop = self._submit(messages, max_new_tokens, temperature, seed, json_schema)
         return self._collect(request, stop, started, on_text)
 
     def generate_many(self, conversations: list[list[dict]], *, max_new_tokens: int = 256,

@@ -36,6 +36,7 @@ class Request:
     temperature: float = 0.0
     seed: int = 0
     repeat_penalty: float = 1.0  # over the last 64 tokens, as Ollama's default (1.1) does; 1.0 is off
+    grammar: str | None = None  # GBNF (root rule "root"): only tokens the grammar allows are sampled
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt_evaluated: int = 0  # prompt tokens actually run through the model (the rest came from the cache)
@@ -348,10 +349,17 @@ class LlamaCppEngine:
 
     def _sampler(self, request: Request):
         c = self._c
+        grammar = None
+        if request.grammar:
+            grammar = c.llama_sampler_init_grammar(self.vocab, request.grammar.encode(), b"root")
+            if not grammar:
+                raise ValueError("llama.cpp could not parse the grammar (its parser wrote where on stderr)")
         chain = c.llama_sampler_chain_init(c.llama_sampler_chain_default_params())
         if request.repeat_penalty != 1.0:
             c.llama_sampler_chain_add(chain, c.llama_sampler_init_penalties(
                 c.llama_vocab_n_tokens(self.vocab), 64, request.repeat_penalty, 0.0, 0.0))
+        if grammar:  # before top-k / greedy: mask what the grammar forbids, then pick among the rest
+            c.llama_sampler_chain_add(chain, grammar)
         if request.temperature <= 0:
             c.llama_sampler_chain_add(chain, c.llama_sampler_init_greedy())
         else:

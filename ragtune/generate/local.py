@@ -83,8 +83,10 @@ class LocalGenerator:
         return options
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 on_text=None) -> Generation:
+                 on_text=None, json_schema: dict | None = None) -> Generation:
         """Generate in the calling thread; `on_text(piece)` receives the text as it is decoded.
+        `json_schema` is accepted and not enforced here (no constrained decoding on transformers):
+        callers asking for JSON parse and retry.
 
         Why not a worker thread: on a 2-core CPU, torch ops launched from a second Python thread get
         their own OpenMP pool while the main thread's pool spins, and generation ran 35-45% slower

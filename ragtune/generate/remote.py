@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Iterator
 
@@ -65,10 +66,15 @@ class OpenAICompatibleGenerator:
         """A character-based estimate, used to budget prompts before sending them."""
         return max(1, len(text) // CHARS_PER_TOKEN)
 
-    def _open(self, messages: list[dict], max_new_tokens: int, temperature: float):
+    def _open(self, messages: list[dict], max_new_tokens: int, temperature: float,
+              json_schema: dict | None = None):
         """Start the stream, asking for usage; retry once without the option if it is refused."""
         options = dict(model=self.name, messages=messages, max_tokens=max_new_tokens, temperature=temperature,
                        stream=True)
+        if json_schema:  # structured output: the server constrains decoding to the schema (OpenAI, vLLM)
+            options["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", str(json_schema.get("title") or "response"))[:64],
+                "schema": json_schema, "strict": True}}
         if self.request_usage:
             try:
                 return self.client.chat.completions.create(**options, stream_options={"include_usage": True})
@@ -81,14 +87,14 @@ class OpenAICompatibleGenerator:
         return self.client.chat.completions.create(**options)
 
     def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               result: Generation | None = None) -> Iterator[str]:
+               result: Generation | None = None, json_schema: dict | None = None) -> Iterator[str]:
         started = time.perf_counter()
         first = None
         chars = 0
         usage = None
         finish = "stop"
         try:
-            response = self._open(messages, max_new_tokens, temperature)
+            response = self._open(messages, max_new_tokens, temperature, json_schema)
             for chunk in response:
                 # Usage arrives on the final, choice-less chunk; some servers repeat a running total
                 # on every chunk, so the last one seen wins.
@@ -137,5 +143,7 @@ class OpenAICompatibleGenerator:
                       self.base_url, CHARS_PER_TOKEN)
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 on_text=None) -> Generation:
-        return collect(self, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text)
+                 on_text=None, json_schema: dict | None = None) -> Generation:
+        """The whole completion; with `json_schema`, asked for as structured output (response_format)."""
+        return collect(self, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text,
+                       json_schema=json_schema)

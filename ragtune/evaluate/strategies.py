@@ -1,0 +1,137 @@
+"""How an answer is produced: the strategies that `ragtune eval qa` and `ragtune compare` set side by side.
+
+Why a tiny `Strategy` protocol: base (closed-book), RAG, fine-tuned and fine-tuned + RAG differ only
+in how an answer is produced; scoring, storage, resuming and the summary are the same for all and
+live in runner.py. A fine-tuned model is simply a generator made from another `--model`, so `ft` is
+`base` and `ft+rag` is `rag` over the fine-tuned generator.
+
+Prompting follows bench/rag_qa.py, which measured it: one worked example given as an earlier chat
+turn (a short phrase, then [n] under RAG), and the answer scored on its first non-empty line (small
+models repeat themselves after the phrase; a stop-at-newline rule as in common QA harnesses).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ConfigError
+from .text_metrics import cited_ids
+
+SHORT = "Answer with a short phrase only."
+_EXAMPLE_SOURCES = ("[1] Eiffel Tower\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France, designed by the "
+                    "company of Gustave Eiffel.\n\n[2] Big Ben\nBig Ben is the nickname for the Great Bell of the clock "
+                    "at the Palace of Westminster in London.")
+RAG_EXAMPLE = [{"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: In which city is the tower "
+                f"designed by Gustave Eiffel's company?\n{SHORT} Then cite the source as [n]."},
+               {"role": "assistant", "content": "Paris [1]"}]
+CLOSED_EXAMPLE = [{"role": "user", "content": f"In which country is the Eiffel Tower?\n{SHORT}"},
+                  {"role": "assistant", "content": "France"}]
+RAG_QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n]."
+
+# strategy name -> (uses the fine-tuned model, retrieves)
+STRATEGIES = {"base": (False, False), "rag": (False, True), "ft": (True, False), "ft+rag": (True, True)}
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an answer: what is scored."""
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+class Strategy(Protocol):
+    """How one answer is produced. `answer` returns a dict with prediction, retrieved_ids (document
+    ids the model was shown, in rank order; [] closed-book), cited_ids, prompt_tokens,
+    completion_tokens and latency_s; retrieval strategies add answer_text and source_texts (for
+    faithfulness). `concurrent_safe` says whether `answer` may run on several threads at once."""
+
+    name: str
+    uses_retrieval: bool
+    concurrent_safe: bool
+
+    def answer(self, example) -> dict: ...
+
+
+class BaseStrategy:
+    """Closed-book: the model alone answers the question (with one worked example)."""
+
+    uses_retrieval = False
+    concurrent_safe = True  # only the generator is shared, and llama.cpp batches concurrent calls
+
+    def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32):
+        self.generator, self.name, self.max_new_tokens = generator, name, max_new_tokens
+
+    def answer(self, example) -> dict:
+        started = time.perf_counter()
+        messages = [*CLOSED_EXAMPLE, {"role": "user", "content": f"{example.question}\n{SHORT}"}]
+        result = self.generator.generate(messages, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        return {"prediction": first_line(result.text), "retrieved_ids": [], "cited_ids": [],
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "latency_s": round(time.perf_counter() - started, 4)}
+
+
+def _source_id(hit, golds: list[str]) -> str:
+    """A shown source's id for scoring: the gold id it matches (by doc id, source path, file name,
+    file stem or title, since eval sets name documents in any of these ways), else its doc id."""
+    aliases = {hit.doc_id, hit.source, Path(hit.source).name, Path(hit.source).stem, getattr(hit, "title", None)}
+    return next((gold for gold in golds if gold in aliases), hit.doc_id)
+
+
+class RagStrategy:
+    """Retrieve top-k from the knowledge base, answer from the sources, cite them as [n].
+
+    Safe to run on several threads: the knowledge base is used under one lock (retrieval and the
+    citation check take milliseconds), while the generations, which take seconds, overlap and a
+    llama.cpp generator with slots decodes them in one batch."""
+
+    uses_retrieval = True
+    concurrent_safe = True
+
+    def __init__(self, kb, generator, *, k: int = 5, name: str = "rag", max_new_tokens: int = 32,
+                 min_relevance: float = 0.0, mode: str = "hybrid"):
+        from ..answer.prompt import Templates
+
+        self.kb, self.generator, self.k, self.name = kb, generator, k, name
+        self.max_new_tokens, self.min_relevance, self.mode = max_new_tokens, min_relevance, mode
+        # the worked example is given as history (RAG_EXAMPLE), so the template's own is off
+        self.templates = Templates(question=RAG_QUESTION, example=False)
+        self._kb_lock = threading.Lock()
+
+    def answer(self, example) -> dict:
+        from ..answer.rag import ask
+
+        started = time.perf_counter()
+        result = ask(self.kb, example.question, self.generator, k=self.k, mode=self.mode, max_new_tokens=self.max_new_tokens,
+                     templates=self.templates, min_relevance=self.min_relevance, history=RAG_EXAMPLE,
+                     kb_lock=self._kb_lock)
+        sources = result.prompt.sources if result.prompt else []
+        ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
+        return {"prediction": first_line(result.answer), "retrieved_ids": ids, "cited_ids": cited_ids(result.answer, ids),
+                "prompt_tokens": result.timings.get("prompt_tokens", 0),
+                "completion_tokens": result.timings.get("completion_tokens", 0),
+                "latency_s": round(time.perf_counter() - started, 4),
+                "answer_text": result.answer, "source_texts": [hit.text for hit in sources]}
+
+
+def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy",
+                   model_flag: str = "--model") -> tuple[bool, bool]:
+    """(fine-tuned, retrieves) for a strategy name; a clear error for an unknown name or a missing
+    --model / --kb that the strategy needs."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"{flag}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    fine_tuned, retrieves = STRATEGIES[name]
+    if retrieves and kb is None:
+        raise ConfigError(f"{flag} {name} needs --kb: the knowledge base to retrieve from")
+    if fine_tuned and not model:
+        raise ConfigError(f"{flag} {name} needs {model_flag}: the fine-tuned model (a run or export directory, a "
+                          "packaged name, a .gguf file or an endpoint's model name)")
+    return fine_tuned, retrieves
+
+
+def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: int = 32) -> Strategy:
+    """The strategy object for `name` over an already loaded generator (and opened KB)."""
+    _fine_tuned, retrieves = STRATEGIES[name]
+    if retrieves:
+        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens)
+    return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens)
