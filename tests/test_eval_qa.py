@@ -311,3 +311,25 @@ def test_training_cost_is_read_from_a_run_and_changed_settings_do_not_resume(tmp
         changed = run_eval(dataset, Once(), db, config={"max_new_tokens": 32})  # another budget: a new run
         same = run_eval(dataset, Once(), db, config={"max_new_tokens": 16})  # the same settings: resumed
     assert changed["run_id"] != first["id"] and same["run_id"] == first["id"] and same["n"] == 3
+
+
+def test_labelled_sets_ask_for_a_label_in_the_scored_vocabulary():
+    from ragtune.evaluate.dataset import EvalExample
+    from ragtune.evaluate.strategies import BaseStrategy, dataset_labels
+
+    examples = [EvalExample(id=str(i), question="q?", answers=[label], label=label)
+                for i, label in enumerate(["yes", "no", "yes", "maybe", "yes", "no"])]
+    assert dataset_labels(examples) == ["yes", "no", "maybe"]  # most frequent first
+    assert dataset_labels(examples + [EvalExample(id="x", question="q?", answers=["a"])]) is None
+
+    class Recorder:
+        def generate(self, messages, **_):
+            from ragtune.generate.base import Generation
+
+            self.messages = messages
+            return Generation(text="maybe\nmore text", prompt_tokens=3, completion_tokens=2)
+
+    generator = Recorder()
+    output = BaseStrategy(generator, labels=["yes", "no", "maybe"]).answer(examples[0])
+    assert generator.messages[-1]["content"].endswith("Answer with one word: yes, no, maybe.")
+    assert generator.messages[1]["content"] == "yes" and output["prediction"] == "maybe"

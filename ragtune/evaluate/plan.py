@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .strategies import STRATEGIES, check_strategy, make_strategy
+from .strategies import STRATEGIES, check_strategy, dataset_labels, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
     examples, problems = read_eval_set(plan.dataset)
     for problem in problems:
         log.warning("%s", problem)
+    labels = dataset_labels(examples)  # from the whole set, so a sample asks the same question
     if plan.quick:
         examples = quick_sample(examples)
     elif plan.limit is not None:
@@ -188,13 +189,13 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
             training = training_cost(model) if any(STRATEGIES[n][0] for n in names) else None
             for name in names:
                 retrieves = STRATEGIES[name][1]
-                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens)
+                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, labels=labels)
                 config = {"strategy": name, "model": model, "backend": plan.backend, "base_url": plan.base_url,
                           "kb": str(plan.kb) if retrieves else None, "k": plan.k if retrieves else None,
                           "max_new_tokens": max_tokens, "threads": plan.threads, "concurrency": plan.concurrency,
                           "mode": "hybrid" if retrieves else None, "min_relevance": 0.0 if retrieves else None,
                           "scorers": sorted(plan.scorers) or None, "quick": plan.quick,
-                          "judge": plan.judge if retrieves else None,
+                          "judge": plan.judge if retrieves else None, "prompt": {"labels": labels} if labels else None,
                           "training": training if STRATEGIES[name][0] else None}
                 summaries[name] = run_eval(
                     plan.dataset, strategy, db, examples=examples, model=model,

@@ -31,6 +31,19 @@ CLOSED_EXAMPLE = [{"role": "user", "content": f"In which country is the Eiffel T
                   {"role": "assistant", "content": "France"}]
 RAG_QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n]."
 
+
+def label_prompts(labels: list[str]) -> tuple[str, list[dict], list[dict]]:
+    """For a labelled set (yes/no/maybe, classes): the instruction naming the labels and the two
+    worked examples, answered with the first label, so the model answers in the scored vocabulary."""
+    instruction = f"Answer with one word: {', '.join(labels)}."
+    first = labels[0]
+    closed = [{"role": "user", "content": f"Is the Eiffel Tower in France?\n{instruction}"},
+              {"role": "assistant", "content": first}]
+    rag = [{"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: Is the tower designed by "
+            f"Gustave Eiffel's company in Paris?\n{instruction} Then cite the source as [n]."},
+           {"role": "assistant", "content": f"{first} [1]"}]
+    return instruction, closed, rag
+
 # strategy name -> (uses the fine-tuned model, retrieves)
 STRATEGIES = {"base": (False, False), "rag": (False, True), "ft": (True, False), "ft+rag": (True, True)}
 
@@ -59,12 +72,15 @@ class BaseStrategy:
     uses_retrieval = False
     concurrent_safe = True  # only the generator is shared, and llama.cpp batches concurrent calls
 
-    def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32):
+    def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32, labels: list[str] | None = None):
         self.generator, self.name, self.max_new_tokens = generator, name, max_new_tokens
+        self.instruction, self.example = SHORT, CLOSED_EXAMPLE
+        if labels:
+            self.instruction, self.example, _ = label_prompts(labels)
 
     def answer(self, example) -> dict:
         started = time.perf_counter()
-        messages = [*CLOSED_EXAMPLE, {"role": "user", "content": f"{example.question}\n{SHORT}"}]
+        messages = [*self.example, {"role": "user", "content": f"{example.question}\n{self.instruction}"}]
         result = self.generator.generate(messages, max_new_tokens=self.max_new_tokens, temperature=0.0)
         return {"prediction": first_line(result.text), "retrieved_ids": [], "cited_ids": [],
                 "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
@@ -89,13 +105,17 @@ class RagStrategy:
     concurrent_safe = True
 
     def __init__(self, kb, generator, *, k: int = 5, name: str = "rag", max_new_tokens: int = 32,
-                 min_relevance: float = 0.0, mode: str = "hybrid"):
+                 min_relevance: float = 0.0, mode: str = "hybrid", labels: list[str] | None = None):
         from ..answer.prompt import Templates
 
         self.kb, self.generator, self.k, self.name = kb, generator, k, name
         self.max_new_tokens, self.min_relevance, self.mode = max_new_tokens, min_relevance, mode
-        # the worked example is given as history (RAG_EXAMPLE), so the template's own is off
-        self.templates = Templates(question=RAG_QUESTION, example=False)
+        question, self.example = RAG_QUESTION, RAG_EXAMPLE
+        if labels:
+            instruction, _, self.example = label_prompts(labels)
+            question = RAG_QUESTION.replace(SHORT, instruction)
+        # the worked example is given as history, so the template's own is off
+        self.templates = Templates(question=question, example=False)
         self._kb_lock = threading.Lock()
 
     def answer(self, example) -> dict:
@@ -103,7 +123,7 @@ class RagStrategy:
 
         started = time.perf_counter()
         result = ask(self.kb, example.question, self.generator, k=self.k, mode=self.mode, max_new_tokens=self.max_new_tokens,
-                     templates=self.templates, min_relevance=self.min_relevance, history=RAG_EXAMPLE,
+                     templates=self.templates, min_relevance=self.min_relevance, history=self.example,
                      kb_lock=self._kb_lock)
         sources = result.prompt.sources if result.prompt else []
         ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
@@ -129,9 +149,27 @@ def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy"
     return fine_tuned, retrieves
 
 
-def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: int = 32) -> Strategy:
-    """The strategy object for `name` over an already loaded generator (and opened KB)."""
+def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: int = 32,
+                  labels: list[str] | None = None) -> Strategy:
+    """The strategy object for `name` over an already loaded generator (and opened KB); `labels`
+    (a labelled set's classes) makes the prompt ask for one of them."""
     _fine_tuned, retrieves = STRATEGIES[name]
     if retrieves:
-        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens)
-    return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens)
+        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, labels=labels)
+    return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens, labels=labels)
+
+
+MAX_LABELS = 10
+
+
+def dataset_labels(examples: list) -> list[str] | None:
+    """The label set of a labelled evaluation set (every example labelled, at most MAX_LABELS
+    classes), most frequent first; None for open questions."""
+    if not examples or any(example.label is None for example in examples):
+        return None
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[example.label] = counts.get(example.label, 0) + 1
+    if len(counts) > MAX_LABELS:
+        return None
+    return sorted(counts, key=lambda label: (-counts[label], label))
