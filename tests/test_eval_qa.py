@@ -315,7 +315,7 @@ def test_training_cost_is_read_from_a_run_and_changed_settings_do_not_resume(tmp
 
 def test_labelled_sets_ask_for_a_label_in_the_scored_vocabulary():
     from ragtune.evaluate.dataset import EvalExample
-    from ragtune.evaluate.strategies import BaseStrategy, dataset_labels
+    from ragtune.evaluate.strategies import BaseStrategy, dataset_labels, label_style
 
     examples = [EvalExample(id=str(i), question="q?", answers=[label], label=label)
                 for i, label in enumerate(["yes", "no", "yes", "maybe", "yes", "no"])]
@@ -330,6 +330,6 @@ def test_labelled_sets_ask_for_a_label_in_the_scored_vocabulary():
             return Generation(text="maybe\nmore text", prompt_tokens=3, completion_tokens=2)
 
     generator = Recorder()
-    output = BaseStrategy(generator, labels=["yes", "no", "maybe"]).answer(examples[0])
+    output = BaseStrategy(generator, style=label_style(["yes", "no", "maybe"])).answer(examples[0])
     assert generator.messages[-1]["content"].endswith("Answer with one word: yes, no, maybe.")
     assert generator.messages[1]["content"] == "yes" and output["prediction"] == "maybe"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .strategies import STRATEGIES, check_strategy, dataset_labels, make_strategy
+from .strategies import QA_STYLE, STRATEGIES, check_strategy, dataset_labels, label_style, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
     for problem in problems:
         log.warning("%s", problem)
     labels = dataset_labels(examples)  # from the whole set, so a sample asks the same question
+    style = label_style(labels) if labels else QA_STYLE
     if plan.quick:
         examples = quick_sample(examples)
     elif plan.limit is not None:
@@ -189,7 +190,7 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
             training = training_cost(model) if any(STRATEGIES[n][0] for n in names) else None
             for name in names:
                 retrieves = STRATEGIES[name][1]
-                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, labels=labels)
+                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, style=style)
                 config = {"strategy": name, "model": model, "backend": plan.backend, "base_url": plan.base_url,
                           "kb": str(plan.kb) if retrieves else None, "k": plan.k if retrieves else None,
                           "max_new_tokens": max_tokens, "threads": plan.threads, "concurrency": plan.concurrency,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -32,17 +33,40 @@ CLOSED_EXAMPLE = [{"role": "user", "content": f"In which country is the Eiffel T
 RAG_QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}\n" + SHORT + " Then cite the source as [n]."
 
 
-def label_prompts(labels: list[str]) -> tuple[str, list[dict], list[dict]]:
-    """For a labelled set (yes/no/maybe, classes): the instruction naming the labels and the two
-    worked examples, answered with the first label, so the model answers in the scored vocabulary."""
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a strategy asks: the instruction after the question, the worked example given as an
+    earlier turn (closed-book and with sources), and whether the whole answer is scored (task
+    formats such as Gorilla's API calls) or its first line (short QA answers)."""
+
+    instruction: str = SHORT
+    closed_example: tuple = tuple(CLOSED_EXAMPLE)
+    rag_example: tuple = tuple(RAG_EXAMPLE)
+    whole_answer: bool = False
+
+    @property
+    def rag_question(self) -> str:
+        return "Sources:\n\n{sources}\n\nQuestion: {question}\n" + self.instruction + " Then cite the source as [n]."
+
+    def prediction(self, text: str) -> str:
+        return text.strip() if self.whole_answer else first_line(text)
+
+
+QA_STYLE = PromptStyle()
+
+
+def label_style(labels: list[str]) -> PromptStyle:
+    """For a labelled set (yes/no/maybe, classes): the instruction naming the labels and worked
+    examples answered with the first label, so the model answers in the scored vocabulary."""
     instruction = f"Answer with one word: {', '.join(labels)}."
     first = labels[0]
-    closed = [{"role": "user", "content": f"Is the Eiffel Tower in France?\n{instruction}"},
-              {"role": "assistant", "content": first}]
-    rag = [{"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: Is the tower designed by "
+    closed = ({"role": "user", "content": f"Is the Eiffel Tower in France?\n{instruction}"},
+              {"role": "assistant", "content": first})
+    rag = ({"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: Is the tower designed by "
             f"Gustave Eiffel's company in Paris?\n{instruction} Then cite the source as [n]."},
-           {"role": "assistant", "content": f"{first} [1]"}]
-    return instruction, closed, rag
+           {"role": "assistant", "content": f"{first} [1]"})
+    return PromptStyle(instruction=instruction, closed_example=closed, rag_example=rag)
+
 
 # strategy name -> (uses the fine-tuned model, retrieves)
 STRATEGIES = {"base": (False, False), "rag": (False, True), "ft": (True, False), "ft+rag": (True, True)}
@@ -72,17 +96,14 @@ class BaseStrategy:
     uses_retrieval = False
     concurrent_safe = True  # only the generator is shared, and llama.cpp batches concurrent calls
 
-    def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32, labels: list[str] | None = None):
-        self.generator, self.name, self.max_new_tokens = generator, name, max_new_tokens
-        self.instruction, self.example = SHORT, CLOSED_EXAMPLE
-        if labels:
-            self.instruction, self.example, _ = label_prompts(labels)
+    def __init__(self, generator, *, name: str = "base", max_new_tokens: int = 32, style: PromptStyle = QA_STYLE):
+        self.generator, self.name, self.max_new_tokens, self.style = generator, name, max_new_tokens, style
 
     def answer(self, example) -> dict:
         started = time.perf_counter()
-        messages = [*self.example, {"role": "user", "content": f"{example.question}\n{self.instruction}"}]
+        messages = [*self.style.closed_example, {"role": "user", "content": f"{example.question}\n{self.style.instruction}"}]
         result = self.generator.generate(messages, max_new_tokens=self.max_new_tokens, temperature=0.0)
-        return {"prediction": first_line(result.text), "retrieved_ids": [], "cited_ids": [],
+        return {"prediction": self.style.prediction(result.text), "retrieved_ids": [], "cited_ids": [],
                 "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                 "latency_s": round(time.perf_counter() - started, 4)}
 
@@ -105,17 +126,13 @@ class RagStrategy:
     concurrent_safe = True
 
     def __init__(self, kb, generator, *, k: int = 5, name: str = "rag", max_new_tokens: int = 32,
-                 min_relevance: float = 0.0, mode: str = "hybrid", labels: list[str] | None = None):
+                 min_relevance: float = 0.0, mode: str = "hybrid", style: PromptStyle = QA_STYLE):
         from ..answer.prompt import Templates
 
         self.kb, self.generator, self.k, self.name = kb, generator, k, name
-        self.max_new_tokens, self.min_relevance, self.mode = max_new_tokens, min_relevance, mode
-        question, self.example = RAG_QUESTION, RAG_EXAMPLE
-        if labels:
-            instruction, _, self.example = label_prompts(labels)
-            question = RAG_QUESTION.replace(SHORT, instruction)
+        self.max_new_tokens, self.min_relevance, self.mode, self.style = max_new_tokens, min_relevance, mode, style
         # the worked example is given as history, so the template's own is off
-        self.templates = Templates(question=question, example=False)
+        self.templates = Templates(question=style.rag_question, example=False)
         self._kb_lock = threading.Lock()
 
     def answer(self, example) -> dict:
@@ -123,11 +140,11 @@ class RagStrategy:
 
         started = time.perf_counter()
         result = ask(self.kb, example.question, self.generator, k=self.k, mode=self.mode, max_new_tokens=self.max_new_tokens,
-                     templates=self.templates, min_relevance=self.min_relevance, history=self.example,
+                     templates=self.templates, min_relevance=self.min_relevance, history=list(self.style.rag_example),
                      kb_lock=self._kb_lock)
         sources = result.prompt.sources if result.prompt else []
         ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
-        return {"prediction": first_line(result.answer), "retrieved_ids": ids, "cited_ids": cited_ids(result.answer, ids),
+        return {"prediction": self.style.prediction(result.answer), "retrieved_ids": ids, "cited_ids": cited_ids(result.answer, ids),
                 "prompt_tokens": result.timings.get("prompt_tokens", 0),
                 "completion_tokens": result.timings.get("completion_tokens", 0),
                 "latency_s": round(time.perf_counter() - started, 4),
@@ -150,13 +167,12 @@ def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy"
 
 
 def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: int = 32,
-                  labels: list[str] | None = None) -> Strategy:
-    """The strategy object for `name` over an already loaded generator (and opened KB); `labels`
-    (a labelled set's classes) makes the prompt ask for one of them."""
+                  style: PromptStyle = QA_STYLE) -> Strategy:
+    """The strategy object for `name` over an already loaded generator (and opened KB)."""
     _fine_tuned, retrieves = STRATEGIES[name]
     if retrieves:
-        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, labels=labels)
-    return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens, labels=labels)
+        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, style=style)
+    return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens, style=style)
 
 
 MAX_LABELS = 10
