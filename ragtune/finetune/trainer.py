@@ -188,6 +188,7 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
         remove_unused_columns=False,
         # the training cost `ragtune compare` reports beside quality: tokens trained on, padding excluded
         include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
 
 
