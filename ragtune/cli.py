@@ -16,6 +16,7 @@ from .errors import RagtuneError
 from .evaluate.cli import register as register_evaluate_commands
 from .finetune.data_cli import data_app
 from .finetune.train_cli import register as register_finetune_commands
+from .raft.cli import raft_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt a language model to your documents and tasks, locally.")
 
@@ -235,6 +236,7 @@ def ask(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),
     system_template: Optional[Path] = typer.Option(None, "--system-template", help="File with the system prompt."),
     question_template: Optional[Path] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question})."),
+    prompt: str = typer.Option("rag", "--prompt", help="rag (cite sources as \\[n]) or raft (a RAFT-trained --model: documents wrapped as in training, quotes verified, the answer after <ANSWER>:)."),
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
@@ -242,10 +244,15 @@ def ask(
     from .answer.rag import ask as run_ask
     from .kb import KnowledgeBase
 
+    if prompt not in ("rag", "raft"):
+        raise typer.BadParameter("must be rag or raft", param_hint="--prompt")
     generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend,
                                          weight_format, worked_example, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
         stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
+        if prompt == "raft":
+            return _ask_raft(base, question, generator, k=k, mode=mode, filters=filters, max_tokens=max_tokens,
+                             stream=stream, as_json=as_json)
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
                          max_new_tokens=max_tokens, templates=templates, on_text=stream)
     if as_json:
@@ -254,6 +261,21 @@ def ask(
 
     out.print()
     print_answer_sources(out, result)
+
+
+def _ask_raft(base, question, generator, *, k, mode, filters, max_tokens, stream, as_json) -> None:
+    from .raft.infer import answer_raft
+
+    result = answer_raft(base, question, generator, k=k, mode=mode, filters=filters, max_new_tokens=max_tokens,
+                         on_text=stream)
+    if as_json:
+        return _emit_json(result.as_dict())
+    out.print()
+    out.print(f"[bold]Answer:[/] {escape(result.answer)}", highlight=False)
+    for citation in result.citations:
+        where = ", ".join(f"[{n}] {escape(result.sources[n - 1].source)}" for n in citation["sources"]) or "in no document given"
+        mark = "[green]verified[/]" if citation["verified"] else "[red]invented[/]"
+        out.print(f"  {mark} \"{escape(citation['quote'][:160])}\" ({where})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -301,6 +323,7 @@ def chat(
 app.add_typer(data_app, name="data")
 register_finetune_commands(app)
 register_evaluate_commands(app)
+app.add_typer(raft_app, name="raft")
 
 
 @app.command()
@@ -351,6 +374,10 @@ def _is_usage_error(exc: Exception) -> bool:
     except ImportError:
         pass
     return isinstance(exc, tuple(classes))
+
+
+from .serve.command import serve as _serve_command
+app.command("serve")(_serve_command)
 
 
 def main() -> None:

@@ -333,3 +333,51 @@ def test_labelled_sets_ask_for_a_label_in_the_scored_vocabulary():
     output = BaseStrategy(generator, style=label_style(["yes", "no", "maybe"])).answer(examples[0])
     assert generator.messages[-1]["content"].endswith("Answer with one word: yes, no, maybe.")
     assert generator.messages[1]["content"] == "yes" and output["prediction"] == "maybe"
+
+
+def test_raft_strategy_answers_after_the_tag_and_cites_only_verified_quotes(setup):
+    """raft+rag: the retrieved documents in the RAFT prompt; the prediction is the text after
+    <ANSWER>:, and only a quote found verbatim in a document given counts as a citation."""
+    from ragtune.evaluate.dataset import EvalExample
+    from ragtune.evaluate.strategies import make_strategy
+    from ragtune.generate.base import Generation
+    from ragtune.kb import KnowledgeBase
+
+    class RaftReply:
+        name, context_window = "fake-raft", 4096
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+        def generate(self, messages, **_):
+            self.messages = messages
+            return Generation(text="The festival ##begin_quote##is held in the town of Kremsville every March"
+                                   "##end_quote## and ##begin_quote##it is held in Paris##end_quote##.\n"
+                                   "<ANSWER>: Kremsville\nextra", prompt_tokens=50, completion_tokens=30)
+
+    _, kb_path, _ = setup
+    example = EvalExample(id="q1", question="In which town is the Zorblat festival held?", answers=["Kremsville"],
+                          gold_doc_ids=["festival.txt"])
+    generator = RaftReply()
+    with KnowledgeBase.open(kb_path, threads=2) as kb:
+        strategy = make_strategy("raft+rag", generator, kb=kb, k=2)
+        output = strategy.answer(example)
+        assert "<DOCUMENT 1:" in generator.messages[-1]["content"]
+        closed = make_strategy("raft", generator, kb=kb, k=2).answer(example)
+        assert "<DOCUMENT" not in generator.messages[-1]["content"]
+    assert strategy.uses_retrieval and strategy.max_new_tokens >= 256
+    assert output["prediction"] == "Kremsville" and output["cited_ids"] == ["festival.txt"]
+    assert "festival.txt" in output["retrieved_ids"] and output["source_texts"]
+    assert closed["prediction"] == "Kremsville" and closed["retrieved_ids"] == [] and closed["cited_ids"] == []
+
+
+def test_ask_prompt_raft_json_has_answer_reasoning_and_checked_citations(setup):
+    _, kb, _ = setup
+    result = run_cli("ask", kb, "In which town is the Zorblat festival held?", "--prompt", "raft", "--k", "2",
+                     "--max-tokens", "48", "--threads", "2", "--json")
+    data = json.loads(result.stdout)
+    assert {"answer", "reasoning", "citations", "sources", "invented_quotes", "has_answer_tag"} <= set(data)
+    assert len(data["sources"]) == 2 and "<DOCUMENT 1:" in data["prompt"]
+    assert all(c["verified"] == bool(c["sources"]) for c in data["citations"])
+    bad = run_cli("ask", kb, "q?", "--prompt", "nope", check=False)
+    assert bad.returncode == 2 and "--prompt" in bad.stderr

@@ -68,8 +68,11 @@ def label_style(labels: list[str]) -> PromptStyle:
     return PromptStyle(instruction=instruction, closed_example=closed, rag_example=rag)
 
 
-# strategy name -> (uses the fine-tuned model, retrieves)
-STRATEGIES = {"base": (False, False), "rag": (False, True), "ft": (True, False), "ft+rag": (True, True)}
+# strategy name -> (uses the fine-tuned model, retrieves); raft: a RAFT-trained model in the RAFT
+# prompt (quotes, then <ANSWER>:), without documents (raft) or with the retrieved ones (raft+rag)
+STRATEGIES = {"base": (False, False), "rag": (False, True), "ft": (True, False), "ft+rag": (True, True),
+              "raft": (True, False), "raft+rag": (True, True)}
+RAFT_STRATEGIES = ("raft", "raft+rag")
 
 
 def first_line(text: str) -> str:
@@ -151,6 +154,58 @@ class RagStrategy:
                 "answer_text": result.answer, "source_texts": [hit.text for hit in sources]}
 
 
+class RaftStrategy:
+    """A RAFT-trained model answering in its training prompt: the documents (retrieved, or none)
+    wrapped as in training; the answer is the text after `<ANSWER>:`, the citations the quotes
+    verified against the documents given (ragtune/raft/infer.py)."""
+
+    concurrent_safe = True
+
+    def __init__(self, kb, generator, *, k: int = 5, name: str = "raft+rag", max_new_tokens: int = 256,
+                 style: PromptStyle = QA_STYLE):
+        self.kb, self.generator, self.k, self.name = kb, generator, k, name
+        self.max_new_tokens, self.style = max_new_tokens, style
+        self.uses_retrieval = kb is not None
+        self._kb_lock = threading.Lock()
+
+    def answer(self, example) -> dict:
+        from ..raft.infer import answer_raft, cite
+        from ..raft.prompt import ANSWER_TAG, raft_messages
+
+        started = time.perf_counter()
+        if self.kb is not None:
+            result = answer_raft(self.kb, example.question, self.generator, k=self.k,
+                                 max_new_tokens=self.max_new_tokens, kb_lock=self._kb_lock)
+            answer, sources, reply = result.answer, result.sources, result.reasoning
+            prompt_tokens = result.timings.get("prompt_tokens", 0)
+            completion_tokens = result.timings.get("completion_tokens", 0)
+        else:
+            generation = self.generator.generate(raft_messages(example.question, []), max_new_tokens=self.max_new_tokens,
+                                                 temperature=0.0)
+            reply, sources = generation.text.strip(), []
+            answer = cite(reply, [])[1] or reply.replace(ANSWER_TAG, "").strip()
+            prompt_tokens, completion_tokens = generation.prompt_tokens, generation.completion_tokens
+        ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
+        cited = [] if not sources else cited_from_quotes(reply, sources, ids)
+        return {"prediction": self.style.prediction(answer), "retrieved_ids": ids, "cited_ids": cited,
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "latency_s": round(time.perf_counter() - started, 4),
+                **({"answer_text": answer, "source_texts": [hit.text for hit in sources]} if sources else {})}
+
+
+def cited_from_quotes(reply: str, sources, ids: list[str]) -> list[str]:
+    """The ids of the documents whose text holds a quote of the reply (verified verbatim)."""
+    from ..raft.infer import cite
+
+    citations, _ = cite(reply, sources)
+    seen: list[str] = []
+    for citation in citations:
+        for n in citation["sources"]:
+            if ids[n - 1] not in seen:
+                seen.append(ids[n - 1])
+    return seen
+
+
 def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy",
                    model_flag: str = "--model") -> tuple[bool, bool]:
     """(fine-tuned, retrieves) for a strategy name; a clear error for an unknown name or a missing
@@ -170,6 +225,9 @@ def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: 
                   style: PromptStyle = QA_STYLE) -> Strategy:
     """The strategy object for `name` over an already loaded generator (and opened KB)."""
     _fine_tuned, retrieves = STRATEGIES[name]
+    if name in RAFT_STRATEGIES:
+        return RaftStrategy(kb if retrieves else None, generator, k=k, name=name,
+                            max_new_tokens=max(max_new_tokens, 256), style=style)
     if retrieves:
         return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, style=style)
     return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens, style=style)

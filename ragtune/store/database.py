@@ -332,3 +332,9 @@ class Store:
             return [], np.zeros((0, 0), dtype=np.float32)
         matrix = np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
         return [r[0] for r in rows], matrix
+
+    def chunk_rows(self):
+        """Every chunk with its document, by source then position (RAFT re-cuts documents from these)."""
+        return self.conn.execute(
+            "SELECT chunk_id, doc_id, source, title, ordinal, text, start_char, end_char FROM chunk_view "
+            "ORDER BY source, ordinal")

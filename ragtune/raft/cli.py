@@ -1,0 +1,98 @@
+"""`ragtune raft ...`: thin commands over ragtune/raft (heavy imports happen when a command runs)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli_shared import JSON_OPTION, _emit_json, err, out
+
+raft_app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+@raft_app.callback()
+def raft() -> None:
+    """RAFT: retrieval-augmented fine-tuning data from a knowledge base (`build`; training is `ragtune train`)."""
+
+
+@contextmanager
+def _progress_bar(enabled: bool):
+    """A rich progress bar over items; yields the builder's progress(done, total) callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("raft build"), BarColumn(bar_width=None), MofNCompleteColumn(), TextColumn("items"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("items", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@raft_app.command("build")
+def build(
+    kb: Path = typer.Argument(..., help="Knowledge base directory (`ragtune init` + `ragtune ingest`)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory; re-running with the same settings resumes it."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="JSONL of questions with gold_doc_ids and/or context (and optionally answers) instead of generating them; an `eval qa` set works."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher that writes questions and answers: a packaged model (SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B-Instruct), a .gguf file, a model folder, a registered teacher name, or with --teacher-base-url the served model's name."),
+    teacher_base_url: Optional[str] = typer.Option(None, "--teacher-base-url", help="OpenAI-compatible endpoint for the teacher, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY)."),
+    per_chunk: int = typer.Option(3, "--per-chunk", help="Questions the teacher writes per sampled chunk (before filters)."),
+    k: int = typer.Option(4, "--k", help="Distractor documents per example (the context holds k + 1 documents)."),
+    p: float = typer.Option(0.8, "--p", help="P: the probability that the oracle document is present in an example's context (otherwise k + 1 distractors)."),
+    distractors: str = typer.Option("hard", "--distractors", help="hard: the knowledge base's own retriever's hits for the question (default); random: any other chunk."),
+    chunk_tokens: int = typer.Option(256, "--chunk-tokens", help="Document window length in tokens of the target model."),
+    target_model: str = typer.Option("SmolLM2-135M-Instruct", "--target-model", help="The model you will fine-tune: its tokenizer counts --chunk-tokens and example lengths."),
+    template: Optional[Path] = typer.Option(None, "--template", help="Teacher prompt override: a text file (the question prompt, with {chunk} and {n}) or YAML with questions/answer/closed_book."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (sampling, oracle presence, distractors, order)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many chunks (or questions); raise it later to extend a build."),
+    eval_share: float = typer.Option(0.1, "--eval-share", help="Share of chunks (or questions) held out to eval.jsonl instead of training."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the teacher and retrieval."),
+    batch: int = typer.Option(8, "--batch", help="Items per step: their teacher calls run together, and progress is saved after each step."),
+    as_json: bool = JSON_OPTION,
+):
+    """Build RAFT training data: question + oracle + distractors -> a chain of thought quoting the oracle.
+
+    Writes chat.jsonl (for `ragtune train`), completion.jsonl, eval.jsonl (held-out questions for
+    `ragtune eval qa`), examples.jsonl and manifest.json (counts, settings, what was dropped and why).
+    Every quote is verified against the oracle; a build killed at any point resumes where it stopped.
+    """
+    from .builder import BuildOptions, build_raft
+
+    options = BuildOptions(out=out_dir, questions=questions, teacher=teacher, teacher_base_url=teacher_base_url,
+                           per_chunk=per_chunk, k=k, p=p, distractors=distractors, chunk_tokens=chunk_tokens,
+                           target_model=target_model, template=template, seed=seed, limit=limit, threads=threads,
+                           eval_share=eval_share, batch=batch)
+    with _progress_bar(not as_json) as progress:
+        manifest = build_raft(kb, options, progress=progress)
+    if as_json:
+        _emit_json(manifest)
+        return
+    _print_summary(out_dir, manifest)
+
+
+def _print_summary(out_dir: Path, manifest: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    counts = manifest["counts"]
+    table = Table(title=f"RAFT build: {escape(str(out_dir))}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key in ("windows", "items", "questions_generated", "questions_read", "train_examples", "eval_examples",
+                "oracle_present", "oracle_absent", "repaired", "hard_distractors", "random_distractors"):
+        if key in counts:
+            table.add_row(key.replace("_", " "), str(counts[key]))
+    for reason, count in manifest["dropped"].items():
+        table.add_row(f"dropped: {reason.replace('_', ' ')}", str(count))
+    out.print(table)
+    for problem in manifest["problems"][:20]:
+        err.print(f"[yellow]{escape(problem['path'])}:{problem['line']}: {problem['field']}: "
+                  f"{escape(problem['message'])} ({escape(problem['fix'])})[/]")
+    if len(manifest["problems"]) > 20:
+        err.print(f"... and {len(manifest['problems']) - 20} more problems in manifest.json")
+    if manifest["tokens"]["suggested_max_length"]:
+        out.print(f"train with data.max_length >= {manifest['tokens']['suggested_max_length']} "
+                  f"(longest example {manifest['tokens']['max_example']} tokens)")
