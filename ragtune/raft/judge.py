@@ -118,5 +118,9 @@ def template_cot(question: str, oracle: str, answer: str) -> str:
     """A deterministic chain of thought quoting the oracle span that best supports the gold answer."""
     span = best_span(oracle, answer, question)
     answer = answer.strip()
+    # a long answer (code, a paragraph) is not restated before the tag: it would double the tokens
+    # the model trains on and must generate, for no reasoning gained
+    restated = (f"This states the answer directly, so the answer is {answer.rstrip('.')}." if len(answer.split()) <= 12
+                else "This is what the answer below rests on.")
     return (f"The question asks: {question.strip()}\nThe relevant document says: {BEGIN_QUOTE}{span}{END_QUOTE}\n"
-            f"This states the answer directly, so the answer is {answer.rstrip('.')}.\n{ANSWER_TAG} {answer}")
+            f"{restated}\n{ANSWER_TAG} {answer}")
