@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .strategies import QA_STYLE, STRATEGIES, check_strategy, dataset_labels, label_style, make_strategy
+from .strategies import QA_STYLE, RAFT_STRATEGIES, STRATEGIES, check_strategy, dataset_labels, label_style, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class EvalPlan:
     strategies: list[str]
     model: str | None = None  # the base model (base, rag); default: the packaged default generator
     ft_model: str | None = None  # the fine-tuned model (ft, ft+rag)
+    raft_model: str | None = None  # the RAFT-trained model (raft, raft+rag); default: ft_model
     kb: Path | None = None
     k: int = 5
     max_new_tokens: int = 32
@@ -43,6 +44,7 @@ class EvalPlan:
     quick: bool = False
     threads: int | None = None
     backend: str = "auto"
+    weight_format: str = "auto"  # llama.cpp weights of local GGUF models (auto: measured fastest once)
     concurrency: int = 4
     base_url: str | None = None  # an OpenAI-compatible endpoint serving `model` (and `ft_model`)
     scorers: list[str] = field(default_factory=list)
@@ -56,7 +58,9 @@ class EvalPlan:
         if not self.strategies:
             raise ConfigError("--strategies needs at least one of " + ", ".join(STRATEGIES))
         for name in self.strategies:
-            check_strategy(name, model=self.ft_model, kb=self.kb, flag="--strategies", model_flag="--ft-model")
+            raft = name in RAFT_STRATEGIES
+            check_strategy(name, model=(self.raft_model or self.ft_model) if raft else self.ft_model, kb=self.kb,
+                           flag="--strategies", model_flag="--raft-model" if raft else "--ft-model")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"--strategies lists a strategy twice: {','.join(self.strategies)}")
         if not Path(self.dataset).is_file():
@@ -66,6 +70,8 @@ class EvalPlan:
         from ..generate.base import DEFAULT_MODEL
 
         fine_tuned, _ = STRATEGIES[strategy]
+        if strategy in RAFT_STRATEGIES:
+            return self.raft_model or self.ft_model
         return (self.ft_model if fine_tuned else self.model) or DEFAULT_MODEL
 
 
@@ -137,7 +143,7 @@ def _generator(plan: EvalPlan, model: str):
     from ..generate import make_generator
 
     generator = make_generator(model, base_url=plan.base_url, threads=plan.threads, backend=plan.backend,
-                               slots=plan.concurrency)
+                               slots=plan.concurrency, weight_format=plan.weight_format)
     if hasattr(generator, "load"):
         generator.load()  # loaded before timing starts, so the first answer's latency is not the model load
     return generator

@@ -52,6 +52,8 @@ class Training(_Strict):
     warmup: float = Field(0.05, ge=0, description="share of steps (< 1) or a number of steps (>= 1)")
     epochs: float = Field(3, gt=0)
     max_steps: Optional[int] = Field(None, ge=1)
+    # a wall-clock budget: training stops (and saves) at the first step after this many minutes
+    max_minutes: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)

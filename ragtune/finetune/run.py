@@ -115,7 +115,7 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
     """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights."""
     from .encode import PadCollator
     from .trainer import (balanced_class_weights, classification_metrics, early_stopping_callbacks, make_trainer_class,
-                          training_arguments)
+                          time_budget_callbacks, training_arguments)
 
     has_validation = bool(validation_features)
     trainer = make_trainer_class()(
@@ -126,7 +126,7 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
         data_collator=PadCollator(tokenizer, classification=recipe.is_classifier),
         processing_class=tokenizer,
         compute_metrics=classification_metrics if recipe.is_classifier else None,
-        callbacks=[*early_stopping_callbacks(recipe, has_validation), *callbacks],
+        callbacks=[*early_stopping_callbacks(recipe, has_validation), *time_budget_callbacks(recipe), *callbacks],
     )
     trainer.is_classifier = recipe.is_classifier
     if recipe.is_classifier and recipe.classify.class_weights == "balanced":

@@ -11,10 +11,13 @@ average means of different sizes and count every micro-batch's mean as a whole b
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 from ..runtime import resolve_precision
+
+logger = logging.getLogger(__name__)
 
 
 def balanced_class_weights(labels: list[int], classes: int):
@@ -190,6 +193,34 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
+
+
+def time_budget_callbacks(recipe) -> list:
+    """training.max_minutes: stop at the first optimizer step past the budget, saving the model as
+    at a normal end (a budget, not a crash: the run is complete, just shorter)."""
+    if not recipe.training.max_minutes:
+        return []
+    import time
+
+    from transformers import TrainerCallback
+
+    limit = recipe.training.max_minutes * 60.0
+
+    class TimeBudget(TrainerCallback):
+        started = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.started is not None and time.monotonic() - self.started > limit:
+                logger.info("training.max_minutes (%.1f) reached at step %d; stopping", recipe.training.max_minutes,
+                            state.global_step)
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return [TimeBudget()]
 
 
 def early_stopping_callbacks(recipe, has_validation: bool) -> list:

@@ -1,0 +1,74 @@
+"""`ragtune choose`: questions split, FT and RAFT data built, both trained within the budget,
+five strategies compared on the held-out questions, a recommendation and reports; a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+DOCS = {
+    "festival.txt": "The Zorblat festival is held in the town of Kremsville every March. Visitors eat smoked plums "
+                    "and watch the lantern parade on the last night.",
+    "bridge.txt": "The Halvard bridge crosses the river Otter. It was finished in 1921 and is painted green. "
+                  "It carries a railway and a footpath.",
+    "orchard.txt": "Quince orchards need well drained soil and a cold winter to set fruit reliably. "
+                   "Growers prune them in late winter.",
+    "mill.txt": "The Brackwater mill grinds rye with a water wheel built in 1874. The miller sells flour on Saturdays.",
+}
+QUESTIONS = [
+    ("In which town is the Zorblat festival held?", "Kremsville", "festival.txt"),
+    ("What do visitors eat at the Zorblat festival?", "smoked plums", "festival.txt"),
+    ("When is the Zorblat festival held?", "every March", "festival.txt"),
+    ("Which river does the Halvard bridge cross?", "the river Otter", "bridge.txt"),
+    ("In which year was the Halvard bridge finished?", "1921", "bridge.txt"),
+    ("What colour is the Halvard bridge painted?", "green", "bridge.txt"),
+    ("What soil do quince orchards need?", "well drained soil", "orchard.txt"),
+    ("When do growers prune quince trees?", "in late winter", "orchard.txt"),
+    ("What grain does the Brackwater mill grind?", "rye", "mill.txt"),
+    ("When was the Brackwater mill's water wheel built?", "1874", "mill.txt"),
+]
+
+
+@pytest.mark.slow
+def test_choose_builds_trains_compares_and_resumes(tmp_path):
+    from ragtune.kb import KnowledgeBase
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in DOCS.items():
+        (folder / name).write_text(text)
+    with KnowledgeBase.init(tmp_path / "kb") as kb:
+        kb.threads = 2
+        kb.ingest([folder])
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a], "gold_doc_ids": [d]}) + "\n"
+                                 for i, (q, a, d) in enumerate(QUESTIONS)))
+    out = tmp_path / "choose"
+    args = ["choose", tmp_path / "kb", "--questions", questions, "--out", out, "--budget", "0.5", "--threads", "2",
+            "--weight-format", "source", "--json"]
+    data = json.loads(run_cli(*args, timeout=900).stdout)
+    assert set(data["strategies"]) == {"base", "rag", "ft", "ft+rag", "raft+rag"}
+    assert data["recommendation"]["reasons"] and (out / "report" / "report.html").is_file()
+    for name in ("ft", "raft+rag"):  # both trained, and what it cost is reported
+        assert data["strategies"][name]["training"]["train_seconds"] > 0
+    manifest = json.loads((out / "raft-data" / "manifest.json").read_text())
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert len(train) + len(test) == len(QUESTIONS) and not {e["id"] for e in train} & {e["id"] for e in test}
+    assert manifest["counts"]["train_examples"] == len(train)
+    assert (out / "runs" / "ft" / "metrics.json").is_file() and (out / "runs" / "raft" / "metrics.json").is_file()
+    stamp = (out / "runs" / "raft" / "metrics.json").stat().st_mtime
+
+    again = json.loads(run_cli(*args, timeout=600).stdout)  # a rerun resumes: nothing retrained, same runs
+    assert (out / "runs" / "raft" / "metrics.json").stat().st_mtime == stamp
+    assert {n: s["run_id"] for n, s in again["strategies"].items()} == {n: s["run_id"] for n, s in data["strategies"].items()}
+
+
+def test_choose_needs_questions_or_synthesize(tmp_path):
+    result = run_cli("choose", tmp_path, "--out", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "--questions" in result.stderr and "--synthesize" in result.stderr
+    result = run_cli("choose", tmp_path, "--synthesize", "5", "--out", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "--teacher" in result.stderr
