@@ -17,6 +17,7 @@ import atexit
 import codecs
 import json
 import logging
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -101,10 +102,17 @@ class LlamaCppGenerator:
         self._context_window = context_window
         self._engine = None
         self._formatter = None
+        self._load_lock = threading.Lock()
 
     def load(self) -> "LlamaCppGenerator":
         if self._engine is not None:
             return self
+        with self._load_lock:  # concurrent first calls (eval threads, server requests) load once
+            if self._engine is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
         reason = unavailable_reason()
         if reason:
             raise ConfigError(f"--backend llamacpp: {reason}")
@@ -116,14 +124,13 @@ class LlamaCppGenerator:
         source = gguf_file(self.name)
         n_ctx = int(self._context_window or 8192)  # the engine caps it at the model's trained context
         path, self.runtime_format = runtime_gguf(source, weight_format=self.weight_format, threads=self.threads)
-        self._engine = _engine(str(path), n_ctx, self.slots, self.threads, self.lora)
-        self._formatter = self._chat_formatter()
-        return self
+        engine = _engine(str(path), n_ctx, self.slots, self.threads, self.lora)
+        self._formatter = self._chat_formatter(engine)
+        self._engine = engine  # last: other threads see a loaded generator only when it is complete
 
-    def _chat_formatter(self):
+    def _chat_formatter(self, engine):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        engine = self._engine
         template = engine.metadata("tokenizer.chat_template")
         if not template:
             raise ConfigError(f"{self.name} has no chat template in its GGUF metadata; it cannot be used for chat")
