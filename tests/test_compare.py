@@ -36,7 +36,7 @@ def _add_run(db, dataset, strategy, f1_mean, *, seed, latency, skip=(), predicti
     if first is not None:  # q0's score, so the report shows it among the most disputed examples
         f1[0] = first
     run_id = db.create_run(strategy=strategy, dataset_path=str(dataset), dataset_sha256="same", model="m",
-                           model_hash=None, kb_path=None, k=None, config={})
+                           model_hash=None, kb_path="kb" if "rag" in strategy else None, k=None, config={})
     for i in range(N):
         if i in skip:
             continue

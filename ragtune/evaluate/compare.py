@@ -27,7 +27,6 @@ from .significance import compare_to_best, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
-RETRIEVAL_STRATEGIES = ("rag", "ft+rag")
 KNOWLEDGE_CHANGES = ("daily", "monthly", "never")
 BINARY_METRICS = {"em", "correct"}
 EXAMPLES_SHOWN = 5
@@ -107,7 +106,7 @@ def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, kn
                    "rests on the reasons below, not on quality.")
     candidates = tied
     if knowledge_changes in ("daily", "monthly"):
-        retrieval = [name for name in tied if strategies[name] in RETRIEVAL_STRATEGIES]
+        retrieval = [name for name in tied if strategies[name]]
         if retrieval:
             candidates = retrieval
             if len(retrieval) < len(tied):
@@ -227,7 +226,8 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             categories[category] = {name: float(scores[metric][name][index].mean()) for name in names}
             categories[category]["n"] = len(index)
     recommendation = _recommend(metric, stats, comparisons[metric],
-                                {name: run["strategy"] for name, run in zip(names, runs)}, knowledge_changes)
+                                # a run retrieved when it recorded a knowledge base (rag, ft+rag, raft+rag, custom)
+                                {name: bool(run.get("kb_path")) for name, run in zip(names, runs)}, knowledge_changes)
     recommendation["reasons"].extend(_cost_reasons(recommendation["strategy"], strategies))
     if len(ids) < SMALL_SAMPLE:
         recommendation["reasons"].append(
