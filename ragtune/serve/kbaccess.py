@@ -1,0 +1,224 @@
+"""One knowledge base shared by many request threads: searches run concurrently, writes alone.
+
+A KnowledgeBase holds one SQLite connection, in-memory FAISS and BM25 indexes and an embedder, none
+of which is built for concurrent writers: an index catching up while another thread searches it, or
+a read on the connection while an upload's transaction is open, would fail or see half a change.
+So every access goes through a readers-writer lock: searches, retrieval for answers and listings
+take the read side together; uploads, deletes and index catch-up take the write side. Embedding is
+serialised by its own small lock (tokenizers are not safe to share between threads), held only
+for the encode call itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from ..kb import KnowledgeBase
+from ..retrieve.search import Retriever
+from .limits import ReadWriteLock
+
+log = logging.getLogger(__name__)
+
+
+class LockedEmbedder:
+    """The KB's embedder, every encode call run in one dedicated thread; everything else passes through.
+
+    One thread rather than a lock: calls come from the search, generation and write pools, and torch
+    run from many threads keeps per-thread state (allocator arenas, OpenMP pools) that grew the
+    server's memory by hundreds of MB under mixed load; confined to one thread it stays flat, and
+    calls are serialised as a shared tokenizer needs.
+    """
+
+    def __init__(self, embedder):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._inner = embedder
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-embed")
+        self._ident: int | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _call(self, fn, *args):
+        if threading.get_ident() == self._ident:  # already in the embedding thread
+            return fn(*args)
+        return self._thread.submit(self._run, fn, *args).result()
+
+    def _run(self, fn, *args):
+        self._ident = threading.get_ident()
+        return fn(*args)
+
+    def load(self):
+        self._call(self._inner.load)
+        return self
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def encode(self, texts, batch_size: int = 64):
+        return self._call(self._inner.encode, texts, batch_size)
+
+    def encode_query(self, text):
+        return self._call(self._inner.encode_query, text)
+
+    def encode_queries(self, texts, batch_size: int = 64):
+        return self._call(self._inner.encode_queries, texts, batch_size)
+
+    def count_tokens(self, texts) -> int:
+        """Tokens the embedder reads for `texts` (before truncation), for usage reports."""
+        tokenizer = self._inner.tokenizer
+        return self._call(lambda: sum(len(tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)["input_ids"])
+                                      for t in texts))
+
+
+class ServingRetriever(Retriever):
+    """A Retriever whose indexes change only under the write lock: a search that finds them behind
+    the store does not catch up in place (other threads are reading them); `catch_up` does it."""
+
+    def __init__(self, kb, lock: ReadWriteLock):
+        super().__init__(kb)
+        self._rw = lock
+
+    def refresh(self, *, writable: bool) -> None:
+        if self._rw.writing:
+            super().refresh(writable=writable)
+
+    def stale(self) -> bool:
+        return not self._current()
+
+    def catch_up(self) -> None:
+        """Bring the indexes up to the store (another process may have ingested) before reading."""
+        if not self.stale():
+            return
+        with self._rw.write():
+            if self.stale():
+                log.info("%s: catching the indexes up with the store", self.kb.path)
+                super().refresh(writable=False)
+
+
+class KBAccess:
+    """A served knowledge base: its name in model ids, the shared KnowledgeBase, and its lock."""
+
+    def __init__(self, name: str, path: Path, *, threads: int | None = None, uploads_dir: str = "uploads",
+                 embedder=None):
+        self.name = name
+        self.path = Path(path).absolute()
+        # a KB the server may not write is still served (search and answers), without uploads
+        readonly = (self.path / "ragtune.db").exists() and not os.access(self.path, os.W_OK)
+        self.kb = KnowledgeBase.open(self.path, threads=threads, readonly=readonly)
+        self.lock = ReadWriteLock()
+        self.uploads = Path(os.path.realpath(self.path)) / uploads_dir
+        self.retriever = ServingRetriever(self.kb, self.lock)
+        self.kb._retriever = self.retriever  # the KB's own writes (ingest, delete) refresh through it
+        config = self.kb.config
+        if embedder is not None and (embedder.name, embedder.precision) == (config.embedder, config.precision):
+            self.kb._embedder = embedder  # already loaded, shared with other KBs (one lock for one model)
+        if not isinstance(self.kb._embedder, LockedEmbedder):
+            self.kb._embedder = LockedEmbedder(self.kb.embedder)
+
+    @staticmethod
+    def read_config(path: Path):
+        """The KB's config (which embedder it needs), read without opening the KB."""
+        from .. import config as config_module
+        from ..config import KBConfig
+        from ..kb import CONFIG_FILE
+
+        if not (Path(path) / CONFIG_FILE).exists():
+            return KnowledgeBase.open(path).config  # raises the KB's own clear error
+        return config_module.load_yaml(KBConfig, Path(path) / CONFIG_FILE)
+
+    def warm_up(self) -> None:
+        """Load the embedder and the indexes now, so the first request does not pay for it."""
+        self.kb.embedder.load()
+        self.kb.embedder.encode_query("warm up")
+        with self.lock.write():
+            self.retriever.refresh(writable=not self.kb.store.readonly)
+
+    @property
+    def embedder(self):
+        return self.kb.embedder
+
+    def close(self) -> None:
+        with self.lock.write():
+            self.kb.close()
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self):
+        """The read side, after catching the indexes up: `with access.read(): access.kb.search(...)`."""
+        self.retriever.catch_up()
+        return self.lock.read()
+
+    def search(self, query: str, k: int, *, mode: str = "hybrid", filters=None, **options):
+        with self.read():
+            return self.kb.search(query, k, mode=mode, filters=filters, **options)
+
+    def stats(self) -> dict:
+        with self.read():
+            return self.kb.stats()
+
+    def documents(self, *, limit: int = 100, offset: int = 0, prefix: str | None = None) -> tuple[list[dict], int]:
+        """Stored documents, by source, with how many there are in all."""
+        where, params = "", []
+        if prefix:
+            where, params = "WHERE source LIKE ? ESCAPE '\\'", [_like_prefix(prefix)]
+        with self.read():
+            conn = self.kb.store.conn
+            total = conn.execute(f"SELECT COUNT(*) FROM documents {where}", params).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT doc_id, source, title, file_path, chunk_count, ingested_at, duplicate_of FROM documents {where} "
+                "ORDER BY source LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+        uploads = str(self.uploads) + "/"
+        return [{"id": r["doc_id"], "source": r["source"], "title": r["title"], "file": r["file_path"],
+                 "chunks": r["chunk_count"], "ingested_at": r["ingested_at"], "duplicate": r["duplicate_of"] is not None,
+                 "uploaded": str(r["file_path"]).startswith(uploads)} for r in rows], int(total)
+
+    def documents_by_id(self, doc_id: str) -> list[dict]:
+        with self.read():
+            rows = self.kb.store.conn.execute("SELECT doc_id, source, file_path FROM documents WHERE doc_id = ? OR source = ?",
+                                              (doc_id, doc_id)).fetchall()
+        return [dict(r) for r in rows]
+
+    def passage(self, chunk_id: int, *, context: int = 1) -> dict | None:
+        """A chunk with its neighbours (the text around it), and where the chunk sits in that text."""
+        with self.read():
+            conn = self.kb.store.conn
+            row = conn.execute("SELECT chunk_id, doc_id, source, title, ordinal, text, start_char, end_char, page, "
+                               "document_id FROM chunk_view WHERE chunk_id = ?", (chunk_id,)).fetchone()
+            if row is None:
+                return None
+            around = conn.execute("SELECT chunk_id, text, start_char, end_char FROM chunk_view WHERE document_id = ? "
+                                  "AND ordinal BETWEEN ? AND ? ORDER BY start_char",
+                                  (row["document_id"], row["ordinal"] - context, row["ordinal"] + context)).fetchall()
+        text, highlight, end = "", [0, 0], None
+        for part in around:
+            piece, start = part["text"], part["start_char"]
+            overlap = 0
+            if end is not None and start < end:  # overlapping chunks: the shared text is there already
+                overlap = min(end - start, len(piece))
+                piece = piece[overlap:]
+            elif end is not None:
+                text += " … "
+            if part["chunk_id"] == chunk_id:
+                at = len(text) - overlap
+                highlight = [at, at + len(row["text"])]
+            text += piece
+            end = max(end or 0, part["end_char"])
+        return {"chunk_id": row["chunk_id"], "doc_id": row["doc_id"], "source": row["source"], "title": row["title"],
+                "page": row["page"], "start": row["start_char"], "end": row["end_char"], "chunk_text": row["text"],
+                "text": text, "highlight": highlight}
+
+    # -- writing ----------------------------------------------------------------------------
+    def ingest_file(self, path: Path, *, wait: float = 5.0):
+        with self.lock.write():
+            return self.kb.ingest([path], wait=wait)
+
+    def delete(self, source: str, *, wait: float = 5.0) -> int:
+        with self.lock.write():
+            return self.kb.delete(source, wait=wait)
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
