@@ -144,3 +144,16 @@ def test_cli_json_and_unknown_run(three, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2 and "--runs" in capsys.readouterr().err
+
+
+def test_a_tie_within_latency_noise_prefers_the_strategy_without_training(tmp_path):
+    """PubMedQA's case: rag and ft+rag score alike and ft+rag is 5% faster (noise between identical
+    prompts): the untrained rag is recommended, and a latency gap inside 10% is not a reason."""
+    dataset = _dataset(tmp_path)
+    shared = np.random.default_rng(7).normal(0, 0.2, N)
+    with RunsDB(tmp_path / "runs.db") as db:
+        ids = [_add_run(db, dataset, "ft+rag", 0.6, seed=4, latency=0.95, base=shared),
+               _add_run(db, dataset, "rag", 0.6, seed=5, latency=1.0, base=shared)]
+        rec = compare_runs(db, ids, knowledge_changes="monthly", n_boot=N_BOOT)["recommendation"]
+    assert set(rec["tied"]) == {"ft+rag", "rag"}
+    assert rec["strategy"] == "rag" and any("needs no training" in r for r in rec["reasons"])

@@ -332,7 +332,10 @@ def test_labelled_sets_ask_for_a_label_in_the_scored_vocabulary():
     generator = Recorder()
     output = BaseStrategy(generator, style=label_style(["yes", "no", "maybe"])).answer(examples[0])
     assert generator.messages[-1]["content"].endswith("Answer with one word: yes, no, maybe.")
-    assert generator.messages[1]["content"] == "yes" and output["prediction"] == "maybe"
+    # truthful worked examples, one per polar label, so the frequent label is not primed
+    assert [m["content"] for m in generator.messages[1:4:2]] == ["yes", "no"] and output["prediction"] == "maybe"
+    assert label_style(["no", "yes"]).closed_example[1]["content"] == "yes"  # never "France? -> no"
+    assert label_style(["billing", "refund"]).closed_example == ()  # no true Eiffel answer among classes
 
 
 def test_raft_strategy_answers_after_the_tag_and_cites_only_verified_quotes(setup):

@@ -74,7 +74,13 @@ def _dataset(path: str) -> dict:
 SMALL_SAMPLE = 30  # below this many shared examples, the report says its intervals are wide
 
 
-def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, knowledge_changes: str) -> dict:
+LATENCY_TIE = 0.10  # median latencies closer than this share of the faster are noise, not a reason
+
+
+def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, knowledge_changes: str,
+               trained: dict | None = None) -> dict:
+    """`strategies`: name -> whether it retrieves; `trained`: name -> whether its model was fine-tuned."""
+    trained = trained or {}
     best, rows = comparison["best"], comparison["comparisons"]
     means = comparison["means"]
     reasons: list[str] = []
@@ -124,8 +130,19 @@ def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, kn
                        "strategy is preferred.")
     if len(candidates) > 1:
         ordered = sorted(candidates, key=lambda n: (latency(n), stats[n]["completion_tokens_per_answer"] or 0.0))
-        if latency(ordered[0]) == latency(ordered[1]) or math.isinf(latency(ordered[0])):
-            reasons.append(f"Nothing else separates {', '.join(candidates)}; no strategy is recommended.")
+        fastest = latency(ordered[0])
+        close = [n for n in ordered if latency(n) - fastest <= LATENCY_TIE * fastest] if not math.isinf(fastest) else ordered
+        untrained = [n for n in close if not trained.get(n)]
+        if len(close) > 1 and len(untrained) == 1:
+            needs = [n for n in close if n not in untrained]
+            reasons.append(f"{', '.join(close)} are as fast as each other (median latencies within {LATENCY_TIE:.0%}); "
+                           f"{untrained[0]} needs no training, while {', '.join(needs)} "
+                           f"{'was' if len(needs) == 1 else 'were'} fine-tuned, so {untrained[0]} is preferred: "
+                           "no model to train and keep up to date.")
+            return {"strategy": untrained[0], "reasons": reasons, "tied": tied}
+        if len(close) > 1:
+            reasons.append(f"Nothing else separates {', '.join(close)} (median latencies within {LATENCY_TIE:.0%} of "
+                           "each other, and training does not tell them apart); no strategy is recommended.")
             return {"strategy": None, "reasons": reasons, "tied": tied}
         chosen = ordered[0]
         others = "; ".join(f"{n}: {lat_text(n)}" for n in ordered[1:])
@@ -134,6 +151,14 @@ def _recommend(primary: str, stats: dict, comparison: dict, strategies: dict, kn
         chosen = candidates[0]
         reasons.append(f"{chosen} has {lat_text(chosen)}.")
     return {"strategy": chosen, "reasons": reasons, "tied": tied}
+
+
+def _fine_tuned(run: dict) -> bool:
+    """Whether a run's model was fine-tuned: its strategy says so (ft, raft...), or it recorded a
+    training cost."""
+    from .strategies import STRATEGIES
+
+    return bool(STRATEGIES.get(run["strategy"], (False,))[0] or (run.get("config") or {}).get("training"))
 
 
 def _cost_reasons(chosen: str | None, strategies: dict) -> list[str]:
@@ -227,7 +252,8 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             categories[category]["n"] = len(index)
     recommendation = _recommend(metric, stats, comparisons[metric],
                                 # a run retrieved when it recorded a knowledge base (rag, ft+rag, raft+rag, custom)
-                                {name: bool(run.get("kb_path")) for name, run in zip(names, runs)}, knowledge_changes)
+                                {name: bool(run.get("kb_path")) for name, run in zip(names, runs)}, knowledge_changes,
+                                {name: _fine_tuned(run) for name, run in zip(names, runs)})
     recommendation["reasons"].extend(_cost_reasons(recommendation["strategy"], strategies))
     if len(ids) < SMALL_SAMPLE:
         recommendation["reasons"].append(

@@ -56,16 +56,25 @@ QA_STYLE = PromptStyle()
 
 
 def label_style(labels: list[str]) -> PromptStyle:
-    """For a labelled set (yes/no/maybe, classes): the instruction naming the labels and worked
-    examples answered with the first label, so the model answers in the scored vocabulary."""
+    """For a labelled set (yes/no/maybe, classes): the instruction naming the labels. The worked
+    examples must answer truthfully, and the frequent label must not be primed: with a "yes" label
+    the example is one true "yes" and one true "no" question (when "no" is a label too); for other
+    label sets there is no worked example, only the instruction."""
     instruction = f"Answer with one word: {', '.join(labels)}."
-    first = labels[0]
-    closed = ({"role": "user", "content": f"Is the Eiffel Tower in France?\n{instruction}"},
-              {"role": "assistant", "content": first})
-    rag = ({"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: Is the tower designed by "
-            f"Gustave Eiffel's company in Paris?\n{instruction} Then cite the source as [n]."},
-           {"role": "assistant", "content": f"{first} [1]"})
-    return PromptStyle(instruction=instruction, closed_example=closed, rag_example=rag)
+    lowered = {label.lower(): label for label in labels}
+    if "yes" not in lowered:
+        return PromptStyle(instruction=instruction, closed_example=(), rag_example=())
+    pairs = [("Is the Eiffel Tower in France?", "Is the tower designed by Gustave Eiffel's company in Paris?", "yes")]
+    if "no" in lowered:
+        pairs.append(("Is Big Ben in Paris?", "Is Big Ben in Paris?", "no"))
+    closed, rag = [], []
+    for closed_q, rag_q, answer in pairs:
+        closed += [{"role": "user", "content": f"{closed_q}\n{instruction}"},
+                   {"role": "assistant", "content": lowered[answer]}]
+        rag += [{"role": "user", "content": f"Sources:\n\n{_EXAMPLE_SOURCES}\n\nQuestion: {rag_q}\n{instruction} "
+                 "Then cite the source as [n]."},
+                {"role": "assistant", "content": f"{lowered[answer]} [{1 if answer == 'yes' else 2}]"}]
+    return PromptStyle(instruction=instruction, closed_example=tuple(closed), rag_example=tuple(rag))
 
 
 # strategy name -> (uses the fine-tuned model, retrieves); raft: a RAFT-trained model in the RAFT
