@@ -137,11 +137,7 @@ def closed_book_chats(examples, labels: list[str] | None) -> list[dict]:
     from ragtune.evaluate.strategies import QA_STYLE, label_style
 
     style = label_style(labels) if labels else QA_STYLE  # as run_plan picks it
-    # the worked examples are context, not learned: their replies carry weight 0
-    shown = [{**turn, "weight": 0} if turn["role"] == "assistant" else dict(turn) for turn in style.closed_example]
-    return [{"messages": [*shown, {"role": "user", "content": f"{e.question}\n{style.instruction}"},
-                          {"role": "assistant", "content": e.label if labels else e.answers[0]}]}
-            for e in examples]
+    return [style.training_example(e.question, e.label if labels else e.answers[0]) for e in examples]
 
 
 def _digest(*parts) -> str:

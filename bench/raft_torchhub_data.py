@@ -148,9 +148,5 @@ def write_questions(records: list[dict], path: Path) -> Path:
 
 
 def write_ft_data(records: list[dict], style, path: Path) -> Path:
-    """Chat examples in the closed-book prompt the ft strategy answers in; the worked example's reply
-    carries weight 0, so the loss falls on the question's answer only."""
-    example = [dict(turn) for turn in style.closed_example]
-    example[1]["weight"] = 0
-    return _jsonl(({"messages": [*example, {"role": "user", "content": f"{r['question']}\n{style.instruction}"},
-                                 {"role": "assistant", "content": r["answer"]}]} for r in records), path)
+    """Chat examples in the closed-book prompt the ft strategy answers in (strategies.PromptStyle)."""
+    return _jsonl((style.training_example(r["question"], r["answer"]) for r in records), path)

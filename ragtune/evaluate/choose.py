@@ -105,14 +105,10 @@ def _write(path: Path, examples) -> Path:
 
 
 def ft_data(train: list, path: Path) -> Path:
-    """Closed-book chat examples in the prompt the `ft` strategy answers in (worked example turn with
-    weight 0, so the loss falls on the question's answer only)."""
-    from .strategies import CLOSED_EXAMPLE, SHORT
+    """Closed-book chat examples in the prompt the `ft` strategy answers in."""
+    from .strategies import QA_STYLE
 
-    example = [dict(turn) for turn in CLOSED_EXAMPLE]
-    example[1]["weight"] = 0
-    rows = [{"messages": [*example, {"role": "user", "content": f"{e.question}\n{SHORT}"},
-                          {"role": "assistant", "content": e.answers[0]}]} for e in train]
+    rows = [QA_STYLE.training_example(e.question, e.answers[0]) for e in train]
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
 

@@ -51,6 +51,13 @@ class PromptStyle:
     def prediction(self, text: str) -> str:
         return text.strip() if self.whole_answer else first_line(text)
 
+    def training_example(self, question: str, answer: str) -> dict:
+        """A chat fine-tuning record in the closed-book prompt `ft` is evaluated with; the worked
+        examples' replies carry weight 0, so the loss falls on this question's answer only."""
+        shown = [{**turn, "weight": 0} if turn["role"] == "assistant" else dict(turn) for turn in self.closed_example]
+        return {"messages": [*shown, {"role": "user", "content": f"{question}\n{self.instruction}"},
+                             {"role": "assistant", "content": answer}]}
+
 
 QA_STYLE = PromptStyle()
 
@@ -178,35 +185,32 @@ class RaftStrategy:
         self._kb_lock = threading.Lock()
 
     def answer(self, example) -> dict:
-        from ..raft.infer import answer_raft, cite
-        from ..raft.prompt import ANSWER_TAG, raft_messages
+        from ..raft.infer import answer_raft
+        from ..raft.prompt import ANSWER_TAG, final_answer, raft_messages
 
         started = time.perf_counter()
         if self.kb is not None:
             result = answer_raft(self.kb, example.question, self.generator, k=self.k,
                                  max_new_tokens=self.max_new_tokens, kb_lock=self._kb_lock)
-            answer, sources, reply = result.answer, result.sources, result.reasoning
+            answer, sources, citations = result.answer, result.sources, result.citations
             prompt_tokens = result.timings.get("prompt_tokens", 0)
             completion_tokens = result.timings.get("completion_tokens", 0)
         else:
             generation = self.generator.generate(raft_messages(example.question, []), max_new_tokens=self.max_new_tokens,
                                                  temperature=0.0)
-            reply, sources = generation.text.strip(), []
-            answer = cite(reply, [])[1] or reply.replace(ANSWER_TAG, "").strip()
+            reply, sources, citations = generation.text.strip(), [], []
+            answer = final_answer(reply) or reply.replace(ANSWER_TAG, "").strip()
             prompt_tokens, completion_tokens = generation.prompt_tokens, generation.completion_tokens
         ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
-        cited = [] if not sources else cited_from_quotes(reply, sources, ids)
+        cited = cited_ids_of(citations, ids)
         return {"prediction": self.style.prediction(answer), "retrieved_ids": ids, "cited_ids": cited,
                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "latency_s": round(time.perf_counter() - started, 4),
                 **({"answer_text": answer, "source_texts": [hit.text for hit in sources]} if sources else {})}
 
 
-def cited_from_quotes(reply: str, sources, ids: list[str]) -> list[str]:
-    """The ids of the documents whose text holds a quote of the reply (verified verbatim)."""
-    from ..raft.infer import cite
-
-    citations, _ = cite(reply, sources)
+def cited_ids_of(citations: list[dict], ids: list[str]) -> list[str]:
+    """The ids of the documents holding a verified quote (answer_raft's citations), in order, once."""
     seen: list[str] = []
     for citation in citations:
         for n in citation["sources"]:
