@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .cli_shared import (API_KEY_ENV_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, LORA_OPTION, MODEL_OPTION,  # noqa: F401
-                         THREADS_OPTION, TIMEOUT_OPTION, WAIT_OPTION, WEIGHT_FORMAT_OPTION, WORKED_EXAMPLE_OPTION,
+                         THREADS_OPTION, TIMEOUT_OPTION, WAIT_OPTION, WEIGHT_FORMAT_OPTION, WORKED_EXAMPLE_OPTION, PROMPT_OPTION, STRICT_OPTION,
                          _emit_json, err, out)
 from .errors import RagtuneError
 from .evaluate.cli import register as register_evaluate_commands
@@ -205,16 +205,33 @@ def search(
 
 
 def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto",
-                  weight_format="auto", worked_example=False, lora=None):
+                  weight_format="auto", lora=None):
     from .answer.prompt import Templates
     from .generate import make_generator
+    from .models.profiles import answer_model
 
+    if not base_url:
+        model, note = answer_model(model)
+        if note:
+            err.print(f"[dim]{escape(note)}[/]")
     generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout,
                                backend=backend, weight_format=weight_format,
                                lora=str(lora) if lora else None)
     templates = Templates.from_files(system=system_template, question=question_template)
-    templates.example = worked_example
     return generator, templates
+
+
+def _check_prompt(prompt: str) -> str:
+    from .answer.protocols import PROTOCOLS
+
+    if prompt not in ("auto", *PROTOCOLS):
+        raise typer.BadParameter(f"must be auto or one of {', '.join(PROTOCOLS)}", param_hint="--prompt")
+    return prompt
+
+
+def _print_reasoning(piece: str, kind: str) -> None:
+    """Streams the quotes dimmed and the answer plain."""
+    out.print(escape(piece), end="", highlight=False, style="dim" if kind == "reasoning" else None)
 
 
 @app.command()
@@ -224,7 +241,9 @@ def ask(
     model: Optional[str] = MODEL_OPTION,
     backend: str = BACKEND_OPTION,
     weight_format: str = WEIGHT_FORMAT_OPTION,
-    worked_example: bool = WORKED_EXAMPLE_OPTION,
+    prompt: str = PROMPT_OPTION,
+    worked_example: Optional[bool] = WORKED_EXAMPLE_OPTION,
+    strict: bool = STRICT_OPTION,
     lora: Optional[Path] = LORA_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
@@ -233,49 +252,28 @@ def ask(
     mode: str = typer.Option("hybrid", "--mode", help="Retrieval mode: hybrid, dense or lexical."),
     filters: Optional[list[str]] = typer.Option(None, "--filter", help="Metadata condition, repeatable (see `search`)."),
     min_relevance: float = typer.Option(0.3, "--min-relevance", help="Below this cosine for the best chunk, say 'not found' instead of guessing."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),
-    system_template: Optional[Path] = typer.Option(None, "--system-template", help="File with the system prompt."),
-    question_template: Optional[Path] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question})."),
-    prompt: str = typer.Option("rag", "--prompt", help="rag (cite sources as \\[n]) or raft (a RAFT-trained --model: documents wrapped as in training, quotes verified, the answer after <ANSWER>:)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest reply in tokens (an answer cut by it ends at its last full sentence)."),
+    system_template: Optional[Path] = typer.Option(None, "--system-template", help="File with the system prompt (implies --prompt rag)."),
+    question_template: Optional[Path] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question}; implies --prompt rag)."),
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     r"""Answer a question from the knowledge base, citing the sources as \[n]."""
-    from .answer.rag import ask as run_ask
+    from .answer.pipeline import ask as run_ask
+    from .answer.report import print_answer
     from .kb import KnowledgeBase
 
-    if prompt not in ("rag", "raft"):
-        raise typer.BadParameter("must be rag or raft", param_hint="--prompt")
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend,
-                                         weight_format, worked_example, lora)
+    _check_prompt(prompt)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template,
+                                         question_template, backend, weight_format, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
-        stream = None if as_json else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
-        if prompt == "raft":
-            return _ask_raft(base, question, generator, k=k, mode=mode, filters=filters, max_tokens=max_tokens,
-                             stream=stream, as_json=as_json)
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
-                         max_new_tokens=max_tokens, templates=templates, on_text=stream)
-    if as_json:
-        return _emit_json(result.as_dict())
-    from .answer.report import print_answer_sources
-
-    out.print()
-    print_answer_sources(out, result)
-
-
-def _ask_raft(base, question, generator, *, k, mode, filters, max_tokens, stream, as_json) -> None:
-    from .raft.infer import answer_raft
-
-    result = answer_raft(base, question, generator, k=k, mode=mode, filters=filters, max_new_tokens=max_tokens,
-                         on_text=stream)
+                         max_new_tokens=max_tokens, prompt=prompt, templates=templates, example=worked_example,
+                         strict=strict, on_event=None if as_json else _print_reasoning)
     if as_json:
         return _emit_json(result.as_dict())
     out.print()
-    out.print(f"[bold]Answer:[/] {escape(result.answer)}", highlight=False)
-    for citation in result.citations:
-        where = ", ".join(f"[{n}] {escape(result.sources[n - 1].source)}" for n in citation["sources"]) or "in no document given"
-        mark = "[green]verified[/]" if citation["verified"] else "[red]invented[/]"
-        out.print(f"  {mark} \"{escape(citation['quote'][:160])}\" ({where})", highlight=False, soft_wrap=True)
+    print_answer(out, result)
 
 
 @app.command()
@@ -284,24 +282,29 @@ def chat(
     model: Optional[str] = MODEL_OPTION,
     backend: str = BACKEND_OPTION,
     weight_format: str = WEIGHT_FORMAT_OPTION,
-    worked_example: bool = WORKED_EXAMPLE_OPTION,
+    prompt: str = PROMPT_OPTION,
+    worked_example: Optional[bool] = WORKED_EXAMPLE_OPTION,
+    strict: bool = STRICT_OPTION,
     lora: Optional[Path] = LORA_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     api_key_env: str = API_KEY_ENV_OPTION,
     timeout: float = TIMEOUT_OPTION,
     k: int = typer.Option(5, "--k", help="Chunks to retrieve per turn."),
     min_relevance: float = typer.Option(0.3, "--min-relevance", help="Below this cosine, say 'not found' instead of guessing."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest answer in tokens."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest reply in tokens."),
     threads: Optional[int] = THREADS_OPTION,
 ):
     """Multi-turn questions: follow-ups are made standalone before retrieval; answers stream. Ctrl-D ends."""
     from .answer.chat import ChatSession
+    from .answer.report import print_answer
     from .kb import KnowledgeBase
 
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend, weight_format,
-                                         worked_example, lora)
+    _check_prompt(prompt)
+    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend,
+                                         weight_format, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
-        session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens, templates=templates)
+        session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens,
+                              templates=templates, prompt=prompt, strict=strict, example=worked_example)
         while True:
             try:
                 question = input("you> ").strip()
@@ -311,13 +314,11 @@ def chat(
             if not question:
                 continue
             out.print("ragtune> ", end="")
-            result = session.ask(question, on_text=lambda piece: out.print(piece, end="", highlight=False, markup=False))
+            result = session.ask(question, on_event=_print_reasoning)
             out.print()
             if result.query and result.query != question:
-                err.print(f"[dim](searched for: {result.query})[/]")
-            from .answer.report import print_answer_sources
-
-            print_answer_sources(out, result, compact=True)
+                err.print(f"[dim](searched for: {escape(result.query)})[/]")
+            print_answer(out, result, compact=True)
 
 
 app.add_typer(data_app, name="data")

@@ -63,6 +63,16 @@ def demo_model() -> str:
     return DEFAULT_MODEL
 
 
+def latency_line(timings: dict) -> str:
+    """How long the person waited for the answer, from the question: in all, and until text began."""
+    total = timings.get("total_s") or 0.0
+    line = f"answered in {total:.1f} s"
+    if timings.get("generate_s") is not None and timings.get("first_token_s") is not None:
+        # retrieval and the prompt come before the model's first token
+        line += f" (first token {total - timings['generate_s'] + timings['first_token_s']:.1f} s)"
+    return line
+
+
 def find_docs() -> Path:
     """The docs/ folder beside the package (source checkout or editable install)."""
     docs = Path(__file__).resolve().parent.parent / "docs"
@@ -77,9 +87,8 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
     """Run the demo; with quiet=True nothing is printed and the caller gets the results to emit."""
     from rich.markup import escape
 
-    from .answer.prompt import Templates
-    from .answer.rag import ask
-    from .answer.report import print_answer_sources
+    from .answer.pipeline import ask
+    from .answer.report import print_answer
     from .generate import make_generator
     from .ingest.report import print_report, progress_callback
     from .kb import KnowledgeBase
@@ -107,15 +116,15 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
                 if not quiet:
                     out.rule(escape(f"question {number}: {question}"))
                 stream = None if quiet else (lambda piece: out.print(piece, end="", highlight=False, markup=False))
-                result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream,
-                             templates=Templates(example=True))
+                result = ask(kb, question, generator, k=4, max_new_tokens=max_new_tokens, on_text=stream)
                 answer = {"question": question, **result.as_dict()}
                 answer["check"] = DEMO_QUESTIONS[number - 1].check(answer)
                 answers.append(answer)
                 timings[f"answer{number}_s"] = result.timings.get("total_s")
                 if not quiet:
                     out.print()
-                    print_answer_sources(out, result)
+                    print_answer(out, result)
+                    out.print(latency_line(result.timings), style="dim", highlight=False)
             stats = kb.stats()
     timings["total_s"] = round(time.perf_counter() - started, 2)
     if not quiet:

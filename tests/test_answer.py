@@ -10,7 +10,7 @@ from conftest import run_cli
 from fake_openai import fake_openai
 from ragtune.answer.citations import check_citations
 from ragtune.answer.prompt import build_prompt
-from ragtune.answer.rag import NOT_FOUND_ANSWER, ask
+from ragtune.answer.pipeline import NOT_FOUND_ANSWER, ask
 from ragtune.errors import ConfigError
 from ragtune.generate import make_generator
 from ragtune.generate.remote import GenerationError

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from io import StringIO
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
 from ragtune.answer.citations import SupportScorer, check_citations, split_sentences
-from ragtune.answer.report import print_answer_sources
+from ragtune.answer.pipeline import Answer, unsupported_items
+from ragtune.answer.report import print_answer
 
 DATA = Path(__file__).parent / "data" / "citation_support.jsonl"
 BRIDGE = ("The Halvard bridge crosses the river Otter at Lindmoor. Construction began in 1917 and the bridge was "
@@ -129,11 +129,11 @@ def test_calibrated_thresholds_on_the_labelled_set(use_embedder, min_precision, 
 
 def test_report_keeps_bracketed_text_that_rich_would_eat():
     answer = "The bridge was finished in 1921 [2]. The bridge is painted green. Press [bold] to continue now."
-    result = SimpleNamespace(found=True, relevance=0.8, timings={"total_s": 1.0},
-                             check=check_citations(answer, SOURCES))
+    check = check_citations(answer, SOURCES)
+    result = Answer("q", answer, None, check, True, 0.8, {"total_s": 1.0}, unsupported=unsupported_items(check))
     console = Console(file=StringIO(), width=300, record=True)
-    print_answer_sources(console, result)
+    print_answer(console, result)
     text = console.export_text()
-    assert "cited_unsupported [2]" in text and "finished in 1921 [2]." in text
+    assert "unsupported: The bridge was finished in 1921 [2]. (the source it cites does not say this" in text
     assert "carry no [n]" in text  # the old report printed "carry no ;"
-    assert "unsupported (score" in text and "Press [bold] to continue now." in text
+    assert "unsupported: Press [bold] to continue now. (no given source says this)" in text

@@ -284,7 +284,7 @@ def test_questions_file_reports_bad_lines_and_builds_the_rest(toy, tmp_path):
 def test_inference_wraps_documents_exactly_as_training_and_verifies_quotes(toy):
     from ragtune.answer.prompt import build_prompt
     from ragtune.kb import KnowledgeBase
-    from ragtune.raft.infer import answer_raft
+    from ragtune.answer.pipeline import ask
     from ragtune.raft.prompt import raft_templates
 
     root, _ = toy
@@ -296,12 +296,13 @@ def test_inference_wraps_documents_exactly_as_training_and_verifies_quotes(toy):
             "##begin_quote##It was built of gold.##end_quote## ##begin_quote## and ##end_quote##\n<ANSWER>: 1921")
         prompt = build_prompt("When was the Halvard bridge finished?", hits, fake, templates=raft_templates())
         assert prompt.messages == raft_messages("When was the Halvard bridge finished?", hits)
-        result = answer_raft(kb, "When was the Halvard bridge finished?", fake, k=3, kb_lock=threading.Lock())
-    assert result.answer == "1921" and result.has_answer_tag
-    verified = [c for c in result.citations if c["verified"]]
-    bridge = next(n for n, h in enumerate(result.sources, 1) if h.source.endswith("bridge.txt"))
-    assert verified == [{"quote": "The bridge was finished  in 1921", "sources": [bridge],
-                         "doc_ids": [result.sources[bridge - 1].doc_id], "verified": True}]
+        result = ask(kb, "When was the Halvard bridge finished?", fake, k=3, prompt="raft", kb_lock=threading.Lock())
+    assert result.bare == "1921" and result.protocol == "raft" and not result.rejected
+    sources = result.prompt.sources
+    bridge = next(n for n, h in enumerate(sources, 1) if h.source.endswith("bridge.txt"))
+    assert [(q["text"], q["n"], q["doc_id"]) for q in result.quotes] == [
+        ("The bridge was finished  in 1921", bridge, sources[bridge - 1].doc_id)]
+    assert result.answer == f"1921 [{bridge}]"  # the citation is the verified quote's source
     assert result.invented == ["It was built of gold.", "and"]  # a one-word "quote" is no evidence
 
 

@@ -145,14 +145,14 @@ def test_writer_excludes_readers():
 
 
 def test_raft_replies_stream_as_reasoning_then_answer():
-    from ragtune.serve.answering import ReasoningSplitter
+    from ragtune.answer.streaming import AnswerStream
 
     def run(pieces, fallback):
         events = []
-        splitter = ReasoningSplitter(lambda text, kind: events.append((kind, text)), "<ANSWER>:")
+        splitter = AnswerStream(on_event=lambda text, kind: events.append((kind, text)), tag="<ANSWER>:")
         for piece in pieces:
             splitter.feed(piece)
-        splitter.close(fallback)
+        splitter.final(fallback)
         joined = {kind: "".join(t for k, t in events if k == kind) for kind in ("reasoning", "content")}
         return joined, events
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .prompt import Templates
-from .rag import Answer, ask
+from .pipeline import Answer, ask
 
 REWRITE_SYSTEM = ("Rewrite the user's last message as one standalone search query that makes sense without the "
                   "conversation. Reply with the query only.")
@@ -18,10 +18,11 @@ class ChatSession:
     """Keeps the last turns; each question is retrieved on its own, or on a standalone rewrite."""
 
     def __init__(self, kb, generator, *, k: int = 5, min_relevance: float = 0.3, max_new_tokens: int = 256,
-                 templates: Templates | None = None, rewrite: str = "llm"):
+                 templates: Templates | None = None, rewrite: str = "llm", prompt: str = "auto",
+                 strict: bool = False, example: bool | None = None):
         self.kb, self.generator = kb, generator
         self.k, self.min_relevance, self.max_new_tokens = k, min_relevance, max_new_tokens
-        self.templates = templates
+        self.templates, self.prompt, self.strict, self.example = templates, prompt, strict, example
         self.rewrite = rewrite  # "llm" asks the model, "concat" prepends the previous question
         self.turns: list[tuple[str, str]] = []
 
@@ -52,10 +53,10 @@ class ChatSession:
             return fallback
         return candidate
 
-    def ask(self, question: str, on_text=None) -> Answer:
+    def ask(self, question: str, on_text=None, on_event=None) -> Answer:
         query = self.standalone_query(question)
         result = ask(self.kb, question, self.generator, k=self.k, min_relevance=self.min_relevance,
                      max_new_tokens=self.max_new_tokens, templates=self.templates, history=self.history(),
-                     query=query, on_text=on_text)
-        self.turns.append((question, result.answer))
+                     query=query, on_text=on_text, on_event=on_event, prompt=self.prompt, strict=self.strict, example=self.example)
+        self.turns.append((question, result.bare or result.answer))
         return result

@@ -71,23 +71,26 @@ class Prompt:
     sources: list = field(default_factory=list)  # the hits given to the model, numbered from 1
     dropped: int = 0  # hits that did not fit the budget
     tokens: int = 0
+    passages: list = field(default_factory=list)  # what was shown of each source (answer/sentences.Passage)
 
     @property
     def text(self) -> str:
         return "\n\n".join(f"<{m['role']}>\n{m['content']}" for m in self.messages)
 
 
-def render_source(templates: Templates, n: int, hit) -> str:
+def render_source(templates: Templates, n: int, hit, text: str | None = None) -> str:
+    """Source `n` as the model sees it: `text` (a selection of the hit's sentences) or the whole hit."""
     title = hit.title or Path(hit.source).name
-    return templates.source.format(n=n, title=title, source=hit.source, text=hit.text.strip())
+    return templates.source.format(n=n, title=title, source=hit.source, text=(hit.text if text is None else text).strip())
 
 
 def build_prompt(question: str, hits, generator, *, templates: Templates | None = None, max_new_tokens: int = 256,
-                 history: list[dict] | None = None) -> Prompt:
+                 history: list[dict] | None = None, passages=None) -> Prompt:
     """Fill the context with whole chunks in rank order, leaving room for the answer.
 
     A chunk that does not fit is skipped (a later, shorter one may still fit): a chunk cut in half
     can lose the sentence that answers, and a citation must point at text the model really saw.
+    `passages` (one per hit) give what is shown of each hit instead of its whole text.
     """
     templates = templates or Templates()
     history = templates.example_turns() + list(history or [])
@@ -98,16 +101,18 @@ def build_prompt(question: str, hits, generator, *, templates: Templates | None 
         raise ConfigError(
             f"the question and chat history need {overhead} tokens and the answer {max_new_tokens}, more than "
             f"{generator.name}'s {generator.context_window}-token context; shorten the question or lower --max-tokens")
-    chosen, rendered, used, dropped = [], [], 0, 0
-    for hit in hits:
-        text = render_source(templates, len(chosen) + 1, hit)
+    chosen, shown, rendered, used, dropped = [], [], [], 0, 0
+    for i, hit in enumerate(hits):
+        passage = passages[i] if passages is not None else None
+        text = render_source(templates, len(chosen) + 1, hit, passage.text if passage is not None else None)
         cost = generator.count_tokens(text) + 2
         if used + cost > budget:
             dropped += 1
             continue
         chosen.append(hit)
+        shown.append(passage)
         rendered.append(text)
         used += cost
     user = templates.question.format(sources="\n\n".join(rendered), question=question)
     messages = [{"role": "system", "content": templates.system}, *history, {"role": "user", "content": user}]
-    return Prompt(messages, chosen, dropped, overhead + used)
+    return Prompt(messages, chosen, dropped, overhead + used, shown if passages is not None else [])

@@ -11,8 +11,6 @@ from rich.table import Table
 
 from ..ingest.report import display_source
 
-NOT_SUPPORTED = ("cited_unsupported", "unsupported")
-
 
 def check_notes(check) -> list[str]:
     """One plain-text note per problem the citation check found (no markup)."""
@@ -32,33 +30,39 @@ def check_notes(check) -> list[str]:
     return notes
 
 
-def sentence_line(sentence) -> str:
-    """`cited_unsupported [2] (score 0.21; source lacks 1912): The bridge was completed in 1912 [2].`"""
-    cited = "".join(f"[{n}]" for n in sentence.cited)
-    why = f"score {sentence.support_score:.2f}"
-    if sentence.missing:
-        why += "; source lacks " + ", ".join(sentence.missing)
-    return f"{sentence.status}{' ' + cited if cited else ''} ({why}): {sentence.text}"
-
-
-def print_answer_sources(console, result, *, compact: bool = False) -> None:
+def print_answer(console, result, *, compact: bool = False) -> None:
+    """What follows a streamed answer: its sources, the verified quotes, what no source supports,
+    and, when nothing answers, the closest passage retrieved."""
     check = result.check
     if not result.found:
-        console.print(f"[dim](best chunk relevance {result.relevance:.2f} is below --min-relevance)[/]")
+        if result.prompt is None:
+            console.print(f"[dim](best chunk relevance {result.relevance:.2f} is below --min-relevance)[/]")
+        if result.best_passage:
+            where = display_source(result.best_passage["source"])
+            console.print(f"[dim]closest passage ({escape(where)}):[/] {escape(result.best_passage['text'][:400])}",
+                          highlight=False)
         return
     table = Table(title=None if compact else "sources cited", show_lines=False)
     for column in ("n", "source", "span", "page", "title", "cited by"):
         table.add_column(column)
+    quoted = {q["n"] for q in result.quotes}
     for c in check.citations:
+        how = "quote" if c.n in quoted else "text match" if c.inferred else "model"
         table.add_row(str(c.n), escape(display_source(c.source)), f"{c.start}:{c.end}", str(c.page or ""),
-                      escape(c.title or ""), "text match" if c.inferred else "model")
+                      escape(c.title or ""), how)
     if check.citations:
         console.print(table)
-    notes = check_notes(check)
+    if not compact:
+        for quote in result.quotes:
+            console.print(f"  [green]quote[/] [{quote['n']}] \"{escape(quote['text'][:300])}\"", highlight=False,
+                          soft_wrap=True)
+    for item in result.unsupported:
+        console.print(f"  [yellow]unsupported:[/] {escape(item['text'])} [dim]({escape(item['reason'])})[/]",
+                      highlight=False)
+    if result.dropped:
+        console.print(f"[yellow]--strict dropped {len(result.dropped)} unsupported sentence(s)[/]")
+    notes = [] if result.quotes else check_notes(check)
     if notes:
         console.print("[yellow]check:[/] " + escape("; ".join(notes)))
     if not compact:
-        for sentence in check.sentences:
-            if sentence.status in NOT_SUPPORTED:
-                console.print("  [yellow]-[/] " + escape(sentence_line(sentence)))
         console.print(f"[dim]timings: {escape(str(result.timings))}[/]")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigError
-from .text_metrics import cited_ids
 
 SHORT = "Answer with a short phrase only."
 _EXAMPLE_SOURCES = ("[1] Eiffel Tower\nThe Eiffel Tower is a wrought-iron lattice tower in Paris, France, designed by the "
@@ -135,7 +134,8 @@ def _source_id(hit, golds: list[str]) -> str:
 
 
 class RagStrategy:
-    """Retrieve top-k from the knowledge base, answer from the sources, cite them as [n].
+    """Retrieve top-k from the knowledge base and answer from the sources, through the one answer
+    pipeline (ragtune/answer/pipeline.py) in the prompt a user gets (`prompt`: auto, grounded, rag).
 
     Safe to run on several threads: the knowledge base is used under one lock (retrieval and the
     citation check take milliseconds), while the generations, which take seconds, overlap and a
@@ -145,35 +145,43 @@ class RagStrategy:
     concurrent_safe = True
 
     def __init__(self, kb, generator, *, k: int = 5, name: str = "rag", max_new_tokens: int = 32,
-                 min_relevance: float = 0.0, mode: str = "hybrid", style: PromptStyle = QA_STYLE):
+                 min_relevance: float = 0.0, mode: str = "hybrid", style: PromptStyle = QA_STYLE,
+                 prompt: str = "auto"):
         from ..answer.prompt import Templates
 
         self.kb, self.generator, self.k, self.name = kb, generator, k, name
         self.max_new_tokens, self.min_relevance, self.mode, self.style = max_new_tokens, min_relevance, mode, style
-        # the worked example is given as history, so the template's own is off
+        self.prompt = prompt
+        # the plain prompt's worked example is given as history, so the template's own is off
         self.templates = Templates(question=style.rag_question, example=False)
         self._kb_lock = threading.Lock()
 
     def answer(self, example) -> dict:
-        from ..answer.rag import ask
+        from ..answer.pipeline import ask
 
         started = time.perf_counter()
-        result = ask(self.kb, example.question, self.generator, k=self.k, mode=self.mode, max_new_tokens=self.max_new_tokens,
-                     templates=self.templates, min_relevance=self.min_relevance, history=list(self.style.rag_example),
-                     kb_lock=self._kb_lock)
-        sources = result.prompt.sources if result.prompt else []
-        ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
-        return {"prediction": self.style.prediction(result.answer), "retrieved_ids": ids, "cited_ids": cited_ids(result.answer, ids),
-                "prompt_tokens": result.timings.get("prompt_tokens", 0),
-                "completion_tokens": result.timings.get("completion_tokens", 0),
-                "latency_s": round(time.perf_counter() - started, 4),
-                "answer_text": result.answer, "source_texts": [hit.text for hit in sources]}
+        result = ask(self.kb, example.question, self.generator, k=self.k, mode=self.mode,
+                     max_new_tokens=self.max_new_tokens, prompt=self.prompt, templates=self.templates,
+                     instruction=self.style.instruction, history_examples=list(self.style.rag_example),
+                     min_relevance=self.min_relevance, kb_lock=self._kb_lock)
+        return pipeline_record(result, example, self.style, started)
+
+
+def pipeline_record(result, example, style: PromptStyle, started: float) -> dict:
+    """The stored record of one pipeline answer: prediction, ids shown and cited, tokens, latency."""
+    sources = result.prompt.sources if result.prompt else []
+    ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
+    cited = list(dict.fromkeys(ids[c.n - 1] for c in result.check.citations if 1 <= c.n <= len(ids)))
+    return {"prediction": style.prediction(result.bare or result.answer), "retrieved_ids": ids, "cited_ids": cited,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "latency_s": round(time.perf_counter() - started, 4),
+            **({"answer_text": result.answer, "source_texts": [hit.text for hit in sources]} if sources else {})}
 
 
 class RaftStrategy:
     """A RAFT-trained model answering in its training prompt: the documents (retrieved, or none)
     wrapped as in training; the answer is the text after `<ANSWER>:`, the citations the quotes
-    verified against the documents given (ragtune/raft/infer.py)."""
+    verified against the documents given (the answer pipeline's raft protocol)."""
 
     concurrent_safe = True
 
@@ -185,38 +193,22 @@ class RaftStrategy:
         self._kb_lock = threading.Lock()
 
     def answer(self, example) -> dict:
-        from ..raft.infer import answer_raft
         from ..raft.prompt import ANSWER_TAG, final_answer, raft_messages
 
         started = time.perf_counter()
         if self.kb is not None:
-            result = answer_raft(self.kb, example.question, self.generator, k=self.k,
-                                 max_new_tokens=self.max_new_tokens, kb_lock=self._kb_lock)
-            answer, sources, citations = result.answer, result.sources, result.citations
-            prompt_tokens = result.timings.get("prompt_tokens", 0)
-            completion_tokens = result.timings.get("completion_tokens", 0)
-        else:
-            generation = self.generator.generate(raft_messages(example.question, []), max_new_tokens=self.max_new_tokens,
-                                                 temperature=0.0)
-            reply, sources, citations = generation.text.strip(), [], []
-            answer = final_answer(reply) or reply.replace(ANSWER_TAG, "").strip()
-            prompt_tokens, completion_tokens = generation.prompt_tokens, generation.completion_tokens
-        ids = [_source_id(hit, example.gold_doc_ids) for hit in sources]
-        cited = cited_ids_of(citations, ids)
-        return {"prediction": self.style.prediction(answer), "retrieved_ids": ids, "cited_ids": cited,
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "latency_s": round(time.perf_counter() - started, 4),
-                **({"answer_text": answer, "source_texts": [hit.text for hit in sources]} if sources else {})}
+            from ..answer.pipeline import ask
 
-
-def cited_ids_of(citations: list[dict], ids: list[str]) -> list[str]:
-    """The ids of the documents holding a verified quote (answer_raft's citations), in order, once."""
-    seen: list[str] = []
-    for citation in citations:
-        for n in citation["sources"]:
-            if ids[n - 1] not in seen:
-                seen.append(ids[n - 1])
-    return seen
+            result = ask(self.kb, example.question, self.generator, k=self.k, prompt="raft",
+                         max_new_tokens=self.max_new_tokens, kb_lock=self._kb_lock)
+            return pipeline_record(result, example, self.style, started)
+        generation = self.generator.generate(raft_messages(example.question, []), max_new_tokens=self.max_new_tokens,
+                                             temperature=0.0)
+        reply = generation.text.strip()
+        answer = final_answer(reply) or reply.replace(ANSWER_TAG, "").strip()
+        return {"prediction": self.style.prediction(answer), "retrieved_ids": [], "cited_ids": [],
+                "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+                "latency_s": round(time.perf_counter() - started, 4)}
 
 
 def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy",
@@ -235,14 +227,14 @@ def check_strategy(name: str, *, model: str | None, kb, flag: str = "--strategy"
 
 
 def make_strategy(name: str, generator, *, kb=None, k: int = 5, max_new_tokens: int = 32,
-                  style: PromptStyle = QA_STYLE) -> Strategy:
+                  style: PromptStyle = QA_STYLE, prompt: str = "auto") -> Strategy:
     """The strategy object for `name` over an already loaded generator (and opened KB)."""
     _fine_tuned, retrieves = STRATEGIES[name]
     if name in RAFT_STRATEGIES:
         return RaftStrategy(kb if retrieves else None, generator, k=k, name=name,
                             max_new_tokens=max(max_new_tokens, 256), style=style)
     if retrieves:
-        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, style=style)
+        return RagStrategy(kb, generator, k=k, name=name, max_new_tokens=max_new_tokens, style=style, prompt=prompt)
     return BaseStrategy(generator, name=name, max_new_tokens=max_new_tokens, style=style)
 
 

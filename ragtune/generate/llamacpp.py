@@ -157,7 +157,7 @@ class LlamaCppGenerator:
         return b"".join(engine.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
 
     def _submit(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int = 0,
-                json_schema: dict | None = None):
+                json_schema: dict | None = None, grammar: str | None = None):
         from .llamacpp_engine import Request
 
         tokens, stop = self.encode_chat(messages)
@@ -165,19 +165,21 @@ class LlamaCppGenerator:
             raise ConfigError(
                 f"prompt is {len(tokens)} tokens and {max_new_tokens} more are asked for, beyond {self.name}'s "
                 f"{self.context_window}-token context; lower --max-tokens or retrieve fewer chunks (--k)")
-        grammar = schema_grammar(json_schema) if json_schema else None
+        grammar = schema_grammar(json_schema) if json_schema else grammar
         # no repeat penalty under a grammar: JSON repeats its keys by design, and penalising a
-        # repeated `true` would bias a judge's verdicts
+        # repeated `true` would bias a judge's verdicts; a quote must copy its source's repetitions
         request = Request(tokens=tokens, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                           repeat_penalty=1.0 if grammar else self.repeat_penalty, grammar=grammar)
         return self._engine.submit(request), stop
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 on_text=None, seed: int = 0, json_schema: dict | None = None) -> Generation:
+                 on_text=None, seed: int = 0, json_schema: dict | None = None,
+                 grammar: str | None = None) -> Generation:
         """Generate; `on_text(piece)` receives text as it decodes, in the calling thread. With
-        `json_schema`, decoding is constrained to JSON of that schema (a GBNF grammar)."""
+        `json_schema`, decoding is constrained to JSON of that schema; with `grammar` (GBNF, root
+        rule "root"), to what the grammar admits."""
         started = time.perf_counter()
-        request, stop = self._submit(messages, max_new_tokens, temperature, seed, json_schema)
+        request, stop = self._submit(messages, max_new_tokens, temperature, seed, json_schema, grammar)
         return self._collect(request, stop, started, on_text)
 
     def generate_many(self, conversations: list[list[dict]], *, max_new_tokens: int = 256,

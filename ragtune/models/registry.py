@@ -28,6 +28,11 @@ class ModelSpec:
     pip_flags: str = ""
     dimensions: int | None = None
     notes: str = ""
+    # measured by bench/grounded_qa.py (right-and-cited share with the grounded protocol); the default
+    # answering model is the installed chat model with the highest one (models/profiles.py)
+    answer_quality: float | None = None
+    answer_quality_note: str = ""
+    grounded_example: bool | None = None  # give the grounded prompt's worked example (chosen by measurement)
 
     @property
     def install_command(self) -> str:

@@ -3,7 +3,7 @@ examples from a knowledge base, and answer with a RAFT-trained model the same wa
 
 Modules: prompt (the one RAFT prompt shared by builder and inference, quote checks), windows (documents
 re-cut by target-model tokens), teacher (registry + teacher prompts), questions (question files, dedup,
-answerability), context (oracle + distractors), builder (resumable build), infer (answer_raft), cli.
+answerability), context (oracle + distractors), builder (resumable build), cli.
 Nothing heavy is imported here.
 """
 

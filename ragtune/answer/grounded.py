@@ -1,0 +1,179 @@
+"""The grounded reading protocol: copy the sentence that answers, then answer from it.
+
+Why: a 0.1-0.5B model asked to "answer and cite [n]" loses answers retrieval found (a bare "[1]",
+the question repeated, a citation one source off). Copying first is what RAFT trains a model to do,
+and on llama.cpp the copy can be enforced: the grammar built here admits as a quote only a sentence
+of the sources given (so a quote is verbatim by construction and its source, hence the citation, is
+known), then `Answer:` and a line that cannot be a citation marker. Backends without grammars
+(transformers, endpoints) get the same prompt; their quotes are verified after the fact.
+
+The reply shape:
+    Quote: <a sentence of one source, verbatim>
+    (up to two more Quote: lines)
+    Answer: <the answer>
+or, when no source answers:
+    Quote: none
+    Answer: not found in the sources
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .citations import NUMBER_WORDS, TOKEN, content_words, names, numbers
+
+QUOTE_PREFIX = "Quote: "
+ANSWER_PREFIX = "Answer: "
+NO_QUOTE = "none"
+NOT_FOUND_REPLY = "not found in the sources"
+MAX_QUOTES = 3
+
+SYSTEM = ("You answer questions using only the numbered sources. First copy, word for word, the sentence of a "
+          f"source that answers the question, on a line starting with '{QUOTE_PREFIX.strip()}'. Then give the answer "
+          f"on a line starting with '{ANSWER_PREFIX.strip()}', using the words of that sentence. If no source "
+          f"answers, write '{QUOTE_PREFIX}{NO_QUOTE}' and '{ANSWER_PREFIX}{NOT_FOUND_REPLY}'.")
+QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}"
+EXAMPLE_SOURCES = (
+    ("Lighthouses", "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson.\n"
+                    "It has run automatically since 1998."),
+    ("Ferries", "Ferries to the island leave twice a day from the north pier.\nTickets are sold on board."),
+)
+EXAMPLE_QUESTION = "Who built the lighthouse at Cape Wrath, and when?"
+EXAMPLE_REPLY = (f"{QUOTE_PREFIX}The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson.\n"
+                 f"{ANSWER_PREFIX}Robert Stevenson built it in 1828.")
+
+
+def gbnf_literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+               .replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quotes: int = MAX_QUOTES,
+                  answer_words: list[str] | None = None) -> str:
+    """GBNF for the reply: 1..max_quotes quotes, each one of `sentences` exactly, then the answer.
+
+    The answer may not contain '[' or ']' (no citation markers: ragtune adds the citation), must
+    start with a letter or digit, and is one line. With `answer_words` (the retry), it is made only of
+    those words, so it can name nothing the quote does not.
+    """
+    alternatives = " | ".join(gbnf_literal(s) for s in dict.fromkeys(sentences)) or '"-"'
+    repeat = ""
+    for _ in range(max_quotes - 1):
+        repeat = f'( "\\n" quote {repeat})?'
+    lines = [f'root ::= quote {repeat} "\\n{ANSWER_PREFIX}" answer "\\n"?' + (
+        f' | "{QUOTE_PREFIX}{NO_QUOTE}\\n{ANSWER_PREFIX}{NOT_FOUND_REPLY}" "\\n"?' if allow_not_found else ""),
+        f'quote ::= "{QUOTE_PREFIX}" sentence',
+        f"sentence ::= {alternatives}"]
+    if answer_words:
+        words = " | ".join(gbnf_literal(w) for w in dict.fromkeys(answer_words))
+        lines += [f"answer ::= word ( sep word )* [.]?", f"word ::= {words}", 'sep ::= " " | ", " | "; " | ": "']
+    else:
+        lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]*']
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Reply:
+    quotes: list[str] = field(default_factory=list)
+    answer: str = ""
+    not_found: bool = False
+    well_formed: bool = True  # False: no Answer: line (a backend without the grammar ignored the shape)
+
+
+_QUOTE_LINE = re.compile(r"^\s*(?:\d+\.\s*)?quote\s*(?:\[\d+\])?\s*:\s*(.*)$", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"^\s*answer\s*:\s*(.*)$", re.IGNORECASE)
+
+
+def parse(text: str) -> Reply:
+    """The quotes and the answer of a reply (lenient about case and stray quote marks, for the
+    backends that follow the shape without a grammar)."""
+    reply, answer_lines, answering = Reply(), [], False
+    for line in text.strip().splitlines():
+        if answering:
+            if line.strip():
+                answer_lines.append(line.strip())
+            continue
+        quote, answer = _QUOTE_LINE.match(line), _ANSWER_LINE.match(line)
+        if answer:
+            answering = True
+            answer_lines.append(answer.group(1).strip())
+        elif quote:
+            body = quote.group(1).strip().strip('"“”')
+            if body and body.lower() != NO_QUOTE:
+                reply.quotes.append(body)
+    if not answering:
+        reply.well_formed = False
+        return reply
+    reply.answer = " ".join(line for line in answer_lines if line).strip()
+    reply.not_found = reply.answer.lower().rstrip(".").strip() == NOT_FOUND_REPLY or (
+        not reply.quotes and "not found" in reply.answer.lower())
+    return reply
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+_CODE = re.compile(r"`([^`]+)`")
+_IDENT = re.compile(r"[\w.-]*[./_=-][\w./=-]+")  # train.jsonl, --glob, ~/.cache/x, kind=value
+
+
+def entities(text: str) -> list[str]:
+    """What an answer asserts that a source must contain: numbers, capitalised names, code spans and
+    identifiers (file names, flags, paths)."""
+    found = sorted(numbers(text)) + names(text)
+    found += [c.strip() for c in _CODE.findall(text)]
+    found += [i for i in _IDENT.findall(_CODE.sub(" ", text)) if any(ch.isalpha() for ch in i) and not i.endswith(".")]
+    return list(dict.fromkeys(e for e in found if e))
+
+
+def _tokens(text: str) -> set[str]:
+    return {t.lower() for t in TOKEN.findall(text)}
+
+
+def missing_entities(answer: str, evidence: str) -> list[str]:
+    """The entities of `answer` that `evidence` (quotes and cited sources) does not contain."""
+    lowered, tokens = normalise(evidence).lower(), _tokens(evidence)
+    evidence_numbers = numbers(evidence)
+    missing = []
+    for entity in entities(answer):
+        if entity.replace(",", "").isdigit() or entity in NUMBER_WORDS.values():
+            if entity not in evidence_numbers:
+                missing.append(entity)
+        elif normalise(entity).lower() in lowered:
+            continue
+        elif not all(part.lower() in tokens for part in TOKEN.findall(entity)):
+            missing.append(entity)
+    return missing
+
+
+YES_NO = re.compile(r"^(yes|no)\b", re.IGNORECASE)
+
+
+def empty_reason(answer: str, question: str) -> str | None:
+    """Why an answer says nothing (None when it says something): blank, only the question again,
+    or no word beyond the question's."""
+    plain = re.sub(r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]", "", answer).strip(" .;:,")
+    if not plain or not any(c.isalnum() for c in plain):
+        return "the answer is empty or only a citation marker"
+    if normalise(plain).lower().rstrip("?") == normalise(question).lower().rstrip("?"):
+        return "the answer repeats the question"
+    if YES_NO.match(plain):
+        return None
+    if not (content_words(plain) - content_words(question)) and not (_tokens(plain) - _tokens(question)):
+        return "the answer adds no word to the question"
+    return None
+
+
+def answer_words(quotes: list[str], question: str) -> list[str]:
+    """The words a retried answer may use: the quotes' and the question's, as written and lowered."""
+    words = []
+    for text in [*quotes, question]:
+        for word in text.split():
+            word = word.strip(".,;:!?\"'()")
+            if word:
+                words += [word, word[0].upper() + word[1:], word.lower()]
+    return [w for w in dict.fromkeys(words) if w]

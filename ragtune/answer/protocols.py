@@ -1,0 +1,177 @@
+"""How a model is asked to answer from sources, and how its reply is read: the pipeline's one hook
+for what really differs between prompt styles.
+
+* `grounded` (the default for local models): quote the answering sentence, then answer; a grammar on
+  llama.cpp makes the quote verbatim; the citation is the quote's source. answer/grounded.py.
+* `rag`: the plain prompt, "answer and cite [n]"; the citations are checked for support afterwards.
+* `raft`: a RAFT-trained model's own prompt (documents wrapped as in training, quotes between
+  ##begin_quote## and ##end_quote##, the answer after <ANSWER>:); raft/prompt.py.
+
+A protocol builds the messages, optionally a grammar, and reads a reply into a `Reading`: the
+answer text, the verified quotes (with the 1-based numbers of the sources holding them) and the
+quotes that are in no source. The pipeline does everything else the same way for all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import grounded
+from .prompt import Templates
+
+PROTOCOLS = ("grounded", "rag", "raft")
+
+
+@dataclass
+class Reading:
+    answer: str
+    quotes: list[tuple[str, list[int]]] = field(default_factory=list)  # (quote, source numbers holding it)
+    invented: list[str] = field(default_factory=list)  # quotes found in no source given
+    not_found: bool = False  # the model said no source answers
+    reasoning: str | None = None  # what came before the answer (quotes, a chain of thought)
+    problem: str | None = None  # why this reply cannot stand (the pipeline retries once, then says not found)
+
+
+def quote_sources(quote: str, texts: list[str]) -> list[int]:
+    """The 1-based numbers of the texts holding `quote` verbatim (whitespace normalised)."""
+    wanted = grounded.normalise(quote)
+    return [n for n, text in enumerate(texts, start=1) if wanted and wanted in grounded.normalise(text)]
+
+
+class GroundedProtocol:
+    name = "grounded"
+    selects_sentences = True  # the passages shown are the question's sentences and their neighbours
+    answer_tag = grounded.ANSWER_PREFIX.strip()
+
+    def __init__(self, *, example: bool = True, instruction: str | None = None):
+        self.example, self.instruction = example, instruction
+
+    def templates(self) -> Templates:
+        question = grounded.QUESTION + (f"\n{self.instruction}" if self.instruction else "")
+        return Templates(system=grounded.SYSTEM, question=question, example=False)
+
+    def example_turns(self) -> list[dict]:
+        if not self.example:
+            return []
+        sources = "\n\n".join(f"[{n}] {title}\n{text}" for n, (title, text) in enumerate(grounded.EXAMPLE_SOURCES, 1))
+        return [{"role": "user", "content": grounded.QUESTION.format(sources=sources, question=grounded.EXAMPLE_QUESTION)},
+                {"role": "assistant", "content": grounded.EXAMPLE_REPLY}]
+
+    def grammar(self, passages, *, retry_of: Reading | None = None, question: str = "") -> str:
+        sentences = [s.text for p in passages for s in p.sentences]
+        if retry_of is not None and retry_of.quotes:
+            # the retry keeps the verified quotes and may only use their words (and the question's)
+            return grounded.quote_grammar([q for q, _ in retry_of.quotes], allow_not_found=True,
+                                          answer_words=grounded.answer_words([q for q, _ in retry_of.quotes], question))
+        return grounded.quote_grammar(sentences)
+
+    def read(self, text: str, passages, question: str) -> Reading:
+        reply = grounded.parse(text)
+        texts = [p.text for p in passages]
+        reading = Reading(reply.answer, reasoning="\n".join(grounded.QUOTE_PREFIX + q for q in reply.quotes) or None)
+        if not reply.well_formed:
+            reading.answer = text.strip()
+            reading.problem = "the reply has no 'Answer:' line"
+            return reading
+        if reply.not_found:
+            reading.not_found = True
+            return reading
+        for quote in reply.quotes:
+            where = quote_sources(quote, texts)
+            if where:
+                reading.quotes.append((quote, where))
+            else:
+                reading.invented.append(quote)
+        if reading.invented:
+            reading.problem = f"a quote is in no source: {reading.invented[0][:80]!r}"
+        elif not reading.quotes:
+            reading.problem = "the reply quotes no source"
+        else:
+            reading.problem = grounded.empty_reason(reading.answer, question) or self._unsupported(reading, texts)
+        return reading
+
+    @staticmethod
+    def _unsupported(reading: Reading, texts: list[str]) -> str | None:
+        """Every number and name of the answer must be in a quote or in a source it quotes."""
+        cited = {n for _, where in reading.quotes for n in where}
+        evidence = "\n".join([q for q, _ in reading.quotes] + [texts[n - 1] for n in sorted(cited)])
+        missing = grounded.missing_entities(reading.answer, evidence)
+        return f"the quoted sources do not contain {', '.join(missing)}" if missing else None
+
+
+class PlainProtocol:
+    """"Answer and cite [n]": the citations are the model's, checked for support by the pipeline."""
+
+    name = "rag"
+    selects_sentences = False
+    answer_tag = None
+
+    def __init__(self, templates: Templates | None = None, *, history_examples: list[dict] | None = None):
+        self._templates = templates or Templates()
+        self.history_examples = list(history_examples or [])
+
+    def templates(self) -> Templates:
+        return self._templates
+
+    def example_turns(self) -> list[dict]:
+        return self._templates.example_turns() + self.history_examples
+
+    def grammar(self, passages, **_) -> None:
+        return None
+
+    def read(self, text: str, passages, question: str) -> Reading:
+        reading = Reading(text.strip())
+        reason = grounded.empty_reason(reading.answer, question)
+        # a bare "[1]" or the question repeated is no answer; anything else is checked sentence by sentence
+        reading.problem = reason if reason and "adds no word" not in reason else None
+        return reading
+
+
+class RaftProtocol:
+    """A RAFT-trained model in its training prompt: whole documents, no worked example, single turn."""
+
+    name = "raft"
+    selects_sentences = False
+    answer_tag = None  # set in __init__ (the raft module is imported lazily)
+
+    def __init__(self):
+        from ..raft.prompt import ANSWER_TAG
+
+        self.answer_tag = ANSWER_TAG
+
+    def templates(self) -> Templates:
+        from ..raft.prompt import raft_templates
+
+        return raft_templates()
+
+    def example_turns(self) -> list[dict]:
+        return []
+
+    def grammar(self, passages, **_) -> None:
+        return None
+
+    def read(self, text: str, passages, question: str) -> Reading:
+        from ..raft.prompt import ANSWER_TAG, check_quotes, final_answer
+
+        check = check_quotes(text, [p.text for p in passages])
+        answer = final_answer(text)
+        position = text.rfind(ANSWER_TAG)
+        reading = Reading(answer if answer is not None else text.replace(ANSWER_TAG, "").strip(),
+                          quotes=list(check.verified), invented=[*check.invented, *check.trivial],
+                          reasoning=text[:position].strip() if position >= 0 else text.strip())
+        if answer is None:
+            reading.problem = f"the reply has no {ANSWER_TAG}"
+        return reading
+
+
+def make_protocol(name: str, *, templates: Templates | None = None, example: bool = True,
+                  instruction: str | None = None, history_examples: list[dict] | None = None):
+    from ..errors import ConfigError
+
+    if name == "grounded":
+        return GroundedProtocol(example=example, instruction=instruction)
+    if name == "rag":
+        return PlainProtocol(templates, history_examples=history_examples)
+    if name == "raft":
+        return RaftProtocol()
+    raise ConfigError(f"--prompt must be one of {', '.join(PROTOCOLS)} (or auto), got {name!r}")
