@@ -379,8 +379,9 @@ def test_ask_prompt_raft_json_has_answer_reasoning_and_checked_citations(setup):
     result = run_cli("ask", kb, "In which town is the Zorblat festival held?", "--prompt", "raft", "--k", "2",
                      "--max-tokens", "48", "--threads", "2", "--json")
     data = json.loads(result.stdout)
-    assert {"answer", "reasoning", "citations", "sources", "invented_quotes", "has_answer_tag"} <= set(data)
-    assert len(data["sources"]) == 2 and "<DOCUMENT 1:" in data["prompt"]
-    assert all(c["verified"] == bool(c["sources"]) for c in data["citations"])
+    assert {"answer", "reasoning", "citations", "quotes", "sources", "invented_quotes", "protocol"} <= set(data)
+    assert len(data["sources"]) == 2 and "<DOCUMENT 1:" in data["prompt"] and data["protocol"] == "raft"
+    assert all(1 <= q["n"] <= 2 for q in data["quotes"])  # only verified quotes become citations
+    assert [c["n"] for c in data["citations"]] == list(dict.fromkeys(q["n"] for q in data["quotes"]))
     bad = run_cli("ask", kb, "q?", "--prompt", "nope", check=False)
     assert bad.returncode == 2 and "--prompt" in bad.stderr

@@ -138,7 +138,7 @@ def test_grounded_answers_stream_quotes_as_reasoning_and_only_the_checked_answer
 def test_grammar_admits_only_source_sentences_and_no_citation_marker():
     grammar = grounded.quote_grammar(["It was finished in 1921.", 'A "quoted" \\ line.'])
     assert 'sentence ::= "It was finished in 1921." | "A \\"quoted\\" \\\\ line."' in grammar
-    assert "answer ::= " in grammar and "[^\\n\\[\\]]*" in grammar
+    assert "answer ::= " in grammar and "[^\\n\\[\\]]{0,399}" in grammar
     retry = grounded.quote_grammar(["It was finished in 1921."], answer_words=grounded.answer_words(
         ["It was finished in 1921."], "When?"))
     assert 'word ::= "It" | "it" | "was"' in retry

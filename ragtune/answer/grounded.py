@@ -28,11 +28,24 @@ ANSWER_PREFIX = "Answer: "
 NO_QUOTE = "none"
 NOT_FOUND_REPLY = "not found in the sources"
 MAX_QUOTES = 3
+MAX_ANSWER_CHARS = 400
 
-SYSTEM = ("You answer questions using only the numbered sources. First copy, word for word, the sentence of a "
-          f"source that answers the question, on a line starting with '{QUOTE_PREFIX.strip()}'. Then give the answer "
-          f"on a line starting with '{ANSWER_PREFIX.strip()}', using the words of that sentence. If no source "
-          f"answers, write '{QUOTE_PREFIX}{NO_QUOTE}' and '{ANSWER_PREFIX}{NOT_FOUND_REPLY}'.")
+MODES = ("quote-first", "answer-first", "locate")
+SYSTEMS = {
+    "quote-first": (
+        "You answer questions using only the numbered sources. First copy, word for word, the sentence of a "
+        f"source that answers the question, on a line starting with '{QUOTE_PREFIX.strip()}'. Then give the answer "
+        f"on a line starting with '{ANSWER_PREFIX.strip()}', using the words of that sentence. If no source "
+        f"answers, write '{QUOTE_PREFIX}{NO_QUOTE}' and '{ANSWER_PREFIX}{NOT_FOUND_REPLY}'."),
+    "answer-first": (
+        "You answer questions using only the numbered sources. Give the answer on a line starting with "
+        f"'{ANSWER_PREFIX.strip()}'. Then copy, word for word, the sentence of a source that says it, on a line "
+        f"starting with '{QUOTE_PREFIX.strip()}'. If no source answers, write '{ANSWER_PREFIX}{NOT_FOUND_REPLY}'."),
+    "locate": (
+        "You answer questions using only the numbered sources, in their words. Answer briefly. If no source "
+        f"answers, reply '{NOT_FOUND_REPLY}'."),
+}
+SYSTEM = SYSTEMS["quote-first"]
 QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}"
 EXAMPLE_SOURCES = (
     ("Lighthouses", "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson.\n"
@@ -40,8 +53,12 @@ EXAMPLE_SOURCES = (
     ("Ferries", "Ferries to the island leave twice a day from the north pier.\nTickets are sold on board."),
 )
 EXAMPLE_QUESTION = "Who built the lighthouse at Cape Wrath, and when?"
-EXAMPLE_REPLY = (f"{QUOTE_PREFIX}The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson.\n"
-                 f"{ANSWER_PREFIX}Robert Stevenson built it in 1828.")
+EXAMPLE_QUOTE = "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson."
+EXAMPLE_ANSWER = "Robert Stevenson built it in 1828."
+EXAMPLE_REPLIES = {"quote-first": f"{QUOTE_PREFIX}{EXAMPLE_QUOTE}\n{ANSWER_PREFIX}{EXAMPLE_ANSWER}",
+                   "answer-first": f"{ANSWER_PREFIX}{EXAMPLE_ANSWER}\n{QUOTE_PREFIX}{EXAMPLE_QUOTE}",
+                   "locate": EXAMPLE_ANSWER}
+EXAMPLE_REPLY = EXAMPLE_REPLIES["quote-first"]
 
 
 def gbnf_literal(text: str) -> str:
@@ -52,27 +69,53 @@ def gbnf_literal(text: str) -> str:
 
 
 def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quotes: int = MAX_QUOTES,
-                  answer_words: list[str] | None = None) -> str:
+                  answer_words: list[str] | None = None, answer_chars: int = MAX_ANSWER_CHARS,
+                  spans: bool = False, mode: str = "quote-first") -> str:
     """GBNF for the reply: 1..max_quotes quotes, each one of `sentences` exactly, then the answer.
 
     The answer may not contain '[' or ']' (no citation markers: ragtune adds the citation), must
-    start with a letter or digit, and is one line. With `answer_words` (the retry), it is made only of
-    those words, so it can name nothing the quote does not.
+    start with a letter or digit, and is one line of at most `answer_chars` characters (a small model
+    caught in a loop would otherwise repeat a list to the token limit). With `answer_words` (the
+    retry), it is made only of those words, so it can name nothing the quote does not. With `spans`,
+    a quote may be any run of 3+ consecutive words of a sentence, not only a whole one.
     """
-    alternatives = " | ".join(gbnf_literal(s) for s in dict.fromkeys(sentences)) or '"-"'
+    span_rules: list[str] = []
+    if spans:
+        alternatives = " | ".join(_span_rules(i, s, span_rules) for i, s in enumerate(dict.fromkeys(sentences))) or '"-"'
+    else:
+        alternatives = " | ".join(gbnf_literal(s) for s in dict.fromkeys(sentences)) or '"-"'
     repeat = ""
     for _ in range(max_quotes - 1):
         repeat = f'( "\\n" quote {repeat})?'
-    lines = [f'root ::= quote {repeat} "\\n{ANSWER_PREFIX}" answer "\\n"?' + (
-        f' | "{QUOTE_PREFIX}{NO_QUOTE}\\n{ANSWER_PREFIX}{NOT_FOUND_REPLY}" "\\n"?' if allow_not_found else ""),
+    if mode == "answer-first":
+        top = f'root ::= "{ANSWER_PREFIX}" answer "\\n" quote {repeat}' + (
+            f' | "{ANSWER_PREFIX}{NOT_FOUND_REPLY}" "\\n"?' if allow_not_found else "")
+    elif mode == "locate":
+        top = "root ::= answer" + (f' | "{NOT_FOUND_REPLY}"' if allow_not_found else "")
+    else:
+        top = f'root ::= quote {repeat} "\\n{ANSWER_PREFIX}" answer "\\n"?' + (
+            f' | "{QUOTE_PREFIX}{NO_QUOTE}\\n{ANSWER_PREFIX}{NOT_FOUND_REPLY}" "\\n"?' if allow_not_found else "")
+    lines = [top,
         f'quote ::= "{QUOTE_PREFIX}" sentence',
-        f"sentence ::= {alternatives}"]
+        f"sentence ::= {alternatives}", *span_rules]
     if answer_words:
         words = " | ".join(gbnf_literal(w) for w in dict.fromkeys(answer_words))
         lines += [f"answer ::= word ( sep word )* [.]?", f"word ::= {words}", 'sep ::= " " | ", " | "; " | ": "']
     else:
-        lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]*']
+        lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]{0,%d}' % max(answer_chars - 1, 1)]
     return "\n".join(lines) + "\n"
+
+
+def _span_rules(i: int, sentence: str, rules: list[str]) -> str:
+    """Rules for the runs of 3+ words of sentence `i` (linear in its length: each word's rule may go
+    on to the next word's); returns the alternatives that start a run."""
+    words = sentence.split(" ")
+    if len(words) < 4:
+        return gbnf_literal(sentence)
+    for k in range(len(words) - 1, -1, -1):
+        rest = f' ( " " s{i}w{k + 1} )?' if k < len(words) - 1 else ""
+        rules.append(f"s{i}w{k} ::= {gbnf_literal(words[k])}{rest}")
+    return " | ".join(f'{gbnf_literal(words[k] + " " + words[k + 1] + " ")} s{i}w{k + 2}' for k in range(len(words) - 2))
 
 
 @dataclass
@@ -92,25 +135,34 @@ def parse(text: str) -> Reply:
     backends that follow the shape without a grammar)."""
     reply, answer_lines, answering = Reply(), [], False
     for line in text.strip().splitlines():
-        if answering:
-            if line.strip():
-                answer_lines.append(line.strip())
-            continue
         quote, answer = _QUOTE_LINE.match(line), _ANSWER_LINE.match(line)
-        if answer:
+        if quote:
+            answering = False
+            body = quote.group(1).strip().strip('"“”')
+            if body and body.lower() != NO_QUOTE and body not in reply.quotes:
+                reply.quotes.append(body)
+        elif answer and not answer_lines:
             answering = True
             answer_lines.append(answer.group(1).strip())
-        elif quote:
-            body = quote.group(1).strip().strip('"“”')
-            if body and body.lower() != NO_QUOTE:
-                reply.quotes.append(body)
-    if not answering:
+        elif answering and line.strip():
+            answer_lines.append(line.strip())
+    if not answer_lines:
         reply.well_formed = False
         return reply
     reply.answer = " ".join(line for line in answer_lines if line).strip()
     reply.not_found = reply.answer.lower().rstrip(".").strip() == NOT_FOUND_REPLY or (
         not reply.quotes and "not found" in reply.answer.lower())
     return reply
+
+
+_LOOP = re.compile(r"((?:\S+[\s,;]+){2,8}?)\1+|(\S+[\s,;]+)\2{2,}")
+
+
+def collapse_loops(text: str) -> str:
+    """A phrase repeated three or more times in a row kept once: the greedy loop a small model falls
+    into ("JSON, JSONL, JSON, JSONL, ...") is never what the source says."""
+    collapsed = _LOOP.sub(lambda m: m.group(1) or m.group(2), text)
+    return collapsed if collapsed == text else collapsed.rstrip(" ,;")
 
 
 def normalise(text: str) -> str:
@@ -148,6 +200,30 @@ def missing_entities(answer: str, evidence: str) -> list[str]:
         elif not all(part.lower() in tokens for part in TOKEN.findall(entity)):
             missing.append(entity)
     return missing
+
+
+MIN_WORD_SUPPORT = 0.5  # share of an answer's own content words (not the question's) its evidence must hold
+
+
+def word_support(answer: str, evidence: str, question: str) -> float:
+    """The share of the answer's content words, beyond the question's, found in `evidence` (1.0 when
+    the answer adds none: "Yes", a name already checked as an entity)."""
+    own = content_words(answer) - content_words(question)
+    return len(own & content_words(evidence)) / len(own) if own else 1.0
+
+
+def best_sentence(answer: str, question: str, sentences: list[list[str]], texts: list[str]) -> tuple[str, int] | None:
+    """(sentence, source number) of the sentence that best holds `answer`: all its entities in that
+    source, most of its own words in the sentence; the earlier source on a tie; None when none does."""
+    best, best_score = None, MIN_WORD_SUPPORT - 1e-9
+    for n, (source_sentences, text) in enumerate(zip(sentences, texts), start=1):
+        if missing_entities(answer, text):
+            continue
+        for sentence in source_sentences:
+            score = word_support(answer, sentence, question)
+            if score > best_score and len(sentence.split()) >= 3:
+                best, best_score = (sentence, n), score
+    return best
 
 
 YES_NO = re.compile(r"^(yes|no)\b", re.IGNORECASE)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..retrieve.hits import check_query
 from . import sentences as sentence_selection
+from .grounded import collapse_loops
 from .citations import Citation, CitationCheck, SentenceCheck, check_citations, split_sentences
 from .prompt import Prompt, build_prompt
 from .protocols import Reading, make_protocol
@@ -61,7 +62,9 @@ class Answer:
                 "prompt": self.prompt.text if self.prompt else "", "timings": self.timings, "found": self.found,
                 "relevance": round(self.relevance, 4), "protocol": self.protocol, "quotes": self.quotes,
                 "unsupported": self.unsupported, "dropped": self.dropped, "reasoning": self.reasoning,
-                "rejected": self.rejected, "invented_quotes": self.invented, "best_passage": self.best_passage, **citations,
+                "rejected": self.rejected, "invented_quotes": self.invented, "best_passage": self.best_passage,
+                "sources": [{"n": n, "doc_id": h.doc_id, "source": h.source, "chunk_id": h.chunk_id, "title": h.title}
+                            for n, h in enumerate(self.prompt.sources if self.prompt else [], start=1)], **citations,
                 **({"query": self.query} if self.query and self.query != self.question else {})}
 
 
@@ -177,25 +180,27 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     grammar = protocol.grammar(prompt_.passages) if accepts(generator.generate, "grammar") else None
     result = _generate(generator, prompt_.messages, budget, temperature, grammar, stream.feed)
     reading = protocol.read(result.text, prompt_.passages, question)
-    rejected = []
+    rejected, attempts = [], 1
     if reading.problem and protocol.name != "raft" and not (protocol.name == "rag" and stream.streamed_content):
         rejected.append({"reply": result.text.strip(), "reason": reading.problem})
-        log.debug("retrying: %s", reading.problem)
         retry_grammar = protocol.grammar(prompt_.passages, retry_of=reading, question=question) if grammar else None
-        messages = prompt_.messages if retry_grammar else prompt_.messages + [
-            {"role": "assistant", "content": result.text.strip()},
-            {"role": "user", "content": "That reply cannot stand: " + reading.problem + ". Copy the answering "
-             "sentence exactly, then answer with its words."}]
-        retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
-        result.completion_tokens += retry.completion_tokens
-        result.text, result.finish_reason = retry.text, retry.finish_reason
-        reading = protocol.read(retry.text, prompt_.passages, question)
-        if reading.problem:
-            rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
+        if not grammar or retry_grammar:
+            log.debug("retrying: %s", reading.problem)
+            messages = prompt_.messages if retry_grammar else prompt_.messages + [
+                {"role": "assistant", "content": result.text.strip()},
+                {"role": "user", "content": "That reply cannot stand: " + reading.problem + ". Answer again from "
+                 "the sources, in their words."}]
+            retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
+            attempts = 2
+            result.completion_tokens += retry.completion_tokens
+            result.text, result.finish_reason = retry.text, retry.finish_reason
+            reading = protocol.read(retry.text, prompt_.passages, question)
+            if reading.problem:
+                rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=None,
                    first_token_s=round(result.first_token_seconds or 0.0, 3), prompt_tokens=result.prompt_tokens,
                    completion_tokens=result.completion_tokens, tokens_per_s=round(result.tokens_per_second, 1),
-                   sources_given=len(prompt_.sources), sources_dropped=prompt_.dropped, attempts=1 + bool(rejected))
+                   sources_given=len(prompt_.sources), sources_dropped=prompt_.dropped, attempts=attempts)
     t0 = time.perf_counter()
     with _guard(kb_lock):
         answer = finish(question, query, protocol.name, prompt_, reading, result, score, timings, rejected,
@@ -254,7 +259,7 @@ def finish(question, query, protocol: str, prompt: Prompt, reading: Reading, res
     if reading.not_found or (reading.problem and protocol == "grounded"):
         return Answer(question, NOT_FOUND_ANSWER, prompt, CitationCheck(), False, score, timings,
                       best_passage=best_passage(prompt, question), bare=NOT_FOUND_ANSWER, **common)
-    text = reading.answer
+    text = collapse_loops(reading.answer)
     if result.finish_reason == "length":
         text = cut_at_sentence(text)
     quotes = quote_records(reading, sources)

@@ -30,6 +30,7 @@ class Reading:
     not_found: bool = False  # the model said no source answers
     reasoning: str | None = None  # what came before the answer (quotes, a chain of thought)
     problem: str | None = None  # why this reply cannot stand (the pipeline retries once, then says not found)
+    matched: list = field(default_factory=list)  # the model's own quotes, when another sentence holds the answer
 
 
 def quote_sources(quote: str, texts: list[str]) -> list[int]:
@@ -41,31 +42,40 @@ def quote_sources(quote: str, texts: list[str]) -> list[int]:
 class GroundedProtocol:
     name = "grounded"
     selects_sentences = True  # the passages shown are the question's sentences and their neighbours
-    answer_tag = grounded.ANSWER_PREFIX.strip()
 
-    def __init__(self, *, example: bool = True, instruction: str | None = None):
+    def __init__(self, *, example: bool = True, instruction: str | None = None, allow_not_found: bool = True,
+                 spans: bool = False, mode: str = "answer-first"):
         self.example, self.instruction = example, instruction
+        self.allow_not_found, self.spans, self.mode = allow_not_found, spans, mode
+        # streaming: the quotes before the answer are reasoning; a `locate` reply is all answer
+        self.answer_tag = None if mode == "locate" else grounded.ANSWER_PREFIX.strip()
 
     def templates(self) -> Templates:
         question = grounded.QUESTION + (f"\n{self.instruction}" if self.instruction else "")
-        return Templates(system=grounded.SYSTEM, question=question, example=False)
+        return Templates(system=grounded.SYSTEMS[self.mode], question=question, example=False)
 
     def example_turns(self) -> list[dict]:
         if not self.example:
             return []
         sources = "\n\n".join(f"[{n}] {title}\n{text}" for n, (title, text) in enumerate(grounded.EXAMPLE_SOURCES, 1))
         return [{"role": "user", "content": grounded.QUESTION.format(sources=sources, question=grounded.EXAMPLE_QUESTION)},
-                {"role": "assistant", "content": grounded.EXAMPLE_REPLY}]
+                {"role": "assistant", "content": grounded.EXAMPLE_REPLIES[self.mode]}]
 
     def grammar(self, passages, *, retry_of: Reading | None = None, question: str = "") -> str:
-        sentences = [s.text for p in passages for s in p.sentences]
-        if retry_of is not None and retry_of.quotes:
+        # a heading or a two-word fragment is no evidence: only sentences of 3+ words may be quoted
+        sentences = [s.text for p in passages for s in p.sentences if len(s.text.split()) >= 3
+                     and not s.text.startswith(("#", "|"))] or [s.text for p in passages for s in p.sentences]
+        if retry_of is not None:
+            if not retry_of.quotes:
+                return None  # greedy decoding under the same grammar would give the same reply
             # the retry keeps the verified quotes and may only use their words (and the question's)
-            return grounded.quote_grammar([q for q, _ in retry_of.quotes], allow_not_found=True,
+            return grounded.quote_grammar([q for q, _ in retry_of.quotes], allow_not_found=True, mode=self.mode,
                                           answer_words=grounded.answer_words([q for q, _ in retry_of.quotes], question))
-        return grounded.quote_grammar(sentences)
+        return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, spans=self.spans, mode=self.mode)
 
     def read(self, text: str, passages, question: str) -> Reading:
+        if self.mode == "locate":  # the reply is the answer; ragtune finds the sentence that holds it
+            text = f"{grounded.ANSWER_PREFIX}{text.strip()}"
         reply = grounded.parse(text)
         texts = [p.text for p in passages]
         reading = Reading(reply.answer, reasoning="\n".join(grounded.QUOTE_PREFIX + q for q in reply.quotes) or None)
@@ -84,19 +94,34 @@ class GroundedProtocol:
                 reading.invented.append(quote)
         if reading.invented:
             reading.problem = f"a quote is in no source: {reading.invented[0][:80]!r}"
-        elif not reading.quotes:
+        elif not reading.quotes and self.mode != "locate":
             reading.problem = "the reply quotes no source"
         else:
-            reading.problem = grounded.empty_reason(reading.answer, question) or self._unsupported(reading, texts)
+            reading.problem = grounded.empty_reason(reading.answer, question) or self._support(reading, passages, question)
         return reading
 
     @staticmethod
-    def _unsupported(reading: Reading, texts: list[str]) -> str | None:
-        """Every number and name of the answer must be in a quote or in a source it quotes."""
-        cited = {n for _, where in reading.quotes for n in where}
-        evidence = "\n".join([q for q, _ in reading.quotes] + [texts[n - 1] for n in sorted(cited)])
-        missing = grounded.missing_entities(reading.answer, evidence)
-        return f"the quoted sources do not contain {', '.join(missing)}" if missing else None
+    def _support(reading: Reading, passages, question: str) -> str | None:
+        """The answer must say what its quotes say: every number and name of it in a quote or in a
+        quoted source, and most of its own words (those not in the question) in the quotes. When the
+        quotes do not hold the answer but one sentence of a source given does, that sentence becomes
+        the quote and its source the citation (a small model often quotes one sentence and answers
+        from another); otherwise the answer cannot stand."""
+        texts = [p.text for p in passages]
+        cited = sorted({n for _, where in reading.quotes for n in where})
+        quoted = "\n".join(q for q, _ in reading.quotes)
+        missing = grounded.missing_entities(reading.answer, "\n".join([quoted, *(texts[n - 1] for n in cited)]))
+        if not missing and grounded.word_support(reading.answer, quoted, question) >= grounded.MIN_WORD_SUPPORT:
+            return None
+        best = grounded.best_sentence(reading.answer, question, [[s.text for s in p.sentences] for p in passages], texts)
+        if best is not None:
+            sentence, n = best
+            reading.matched = [(q, where) for q, where in reading.quotes]
+            reading.quotes = [(sentence, [n])]
+            return None
+        if missing:
+            return f"the quoted sources do not contain {', '.join(missing)}"
+        return "the quotes do not say what the answer says"
 
 
 class PlainProtocol:
@@ -171,7 +196,9 @@ def make_protocol(name: str, *, templates: Templates | None = None, example: boo
     if name == "grounded":
         return GroundedProtocol(example=example, instruction=instruction)
     if name == "rag":
-        return PlainProtocol(templates, history_examples=history_examples)
+        from dataclasses import replace
+
+        return PlainProtocol(replace(templates or Templates(), example=example), history_examples=history_examples)
     if name == "raft":
         return RaftProtocol()
     raise ConfigError(f"--prompt must be one of {', '.join(PROTOCOLS)} (or auto), got {name!r}")

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 from .citations import content_words
 
-# a sentence ends at . ! ? followed by whitespace and a capital/number/quote/backtick, or at a line break
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(`*\[])|\n+")
+# within a paragraph, a sentence ends at . ! ? followed by whitespace and a capital/number/quote/backtick
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(`*\[])")
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+# a line starting one of these begins a block of its own (list item, heading, table row, quote, fence)
+_BLOCK_START = re.compile(r"^\s*(?:[-*+]\s|\d+[.)]\s|#|\||>|```)")
+_SINGLE_LINE = ("#", "|", "```")  # blocks that never continue on the next line
 MIN_CHARS = 3
 
 
@@ -30,20 +33,48 @@ class Sentence:
     end: int
 
 
+def blocks(text: str) -> list[tuple[int, int]]:
+    """Spans of the paragraphs, list items, headings, table rows and code lines of `text`: wrapped
+    lines of one paragraph stay together (markdown wraps sentences across lines)."""
+    spans: list[list[int]] = []
+    open_block, fenced, position = False, False, 0
+    for line in text.splitlines(keepends=True):
+        start, end = position, position + len(line.rstrip("\r\n"))
+        position += len(line)
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            fenced = not fenced
+            open_block = False
+            continue
+        if not stripped:
+            open_block = False
+            continue
+        if fenced or not open_block or _BLOCK_START.match(line):
+            spans.append([start, end])
+        else:
+            spans[-1][1] = end
+        open_block = not fenced and not stripped.startswith(_SINGLE_LINE)
+    return [(a, b) for a, b in spans]
+
+
 def split_with_offsets(text: str) -> list[Sentence]:
-    """The sentences (and lines: headings, bullets, table rows) of `text`, with their spans."""
-    sentences, position = [], 0
-    for match in [*_BOUNDARY.finditer(text), None]:
-        end = match.start() if match else len(text)
-        piece = text[position:end]
-        lead = len(piece) - len(piece.lstrip())
-        bullet = _BULLET.match(piece[lead:])
-        lead += bullet.end() if bullet else 0
-        body = piece[lead:].rstrip()
-        normalised = " ".join(body.split())
-        if len(normalised) >= MIN_CHARS and any(c.isalnum() for c in normalised):
-            sentences.append(Sentence(normalised, position + lead, position + lead + len(body)))
-        position = match.end() if match else len(text)
+    """The sentences (and headings, list items, table rows, code lines) of `text`, with their spans."""
+    sentences = []
+    for block_start, block_end in blocks(text):
+        block = text[block_start:block_end]
+        bullet = _BULLET.match(block)
+        offset = bullet.end() if bullet else 0
+        cuts = [offset, *(m.start() for m in _BOUNDARY.finditer(block, offset)), len(block)]
+        ends = [m.end() for m in _BOUNDARY.finditer(block, offset)]
+        starts = [offset, *ends]
+        for piece_start, piece_end in zip(starts, cuts[1:]):
+            piece = block[piece_start:piece_end]
+            lead = len(piece) - len(piece.lstrip())
+            body = piece.strip()
+            normalised = " ".join(body.split())
+            if len(normalised) >= MIN_CHARS and any(c.isalnum() for c in normalised):
+                begin = block_start + piece_start + lead
+                sentences.append(Sentence(normalised, begin, begin + len(body)))
     return sentences
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ..cli_shared import (BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, THREADS_OPTION, WEIGHT_FORMAT_OPTION, _emit_json,
+from ..cli_shared import (PROMPT_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, THREADS_OPTION, WEIGHT_FORMAT_OPTION, _emit_json,
                           err, out)
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answer quality; import evaluation sets.")
@@ -27,6 +27,24 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
     app.command("compare")(compare)
     app.command("choose")(choose)
+
+
+def _check_prompt(prompt: str) -> str:
+    from ..answer.protocols import PROTOCOLS
+
+    if prompt not in ("auto", *PROTOCOLS) or prompt == "raft":
+        raise typer.BadParameter("must be auto, grounded or rag (RAFT models: --strategies raft+rag)", param_hint="--prompt")
+    return prompt
+
+
+def _note_model(model: Optional[str], base_url: Optional[str]) -> None:
+    """The one-line note on which model answers when none was named."""
+    if model or base_url:
+        return
+    from ..cli_shared import err
+    from ..models.profiles import answer_model
+
+    err.print(f"[dim]{escape(answer_model(None)[1] or '')}[/]", highlight=False)
 
 
 def _scorer_options(items: Optional[list[str]]) -> dict:
@@ -122,6 +140,7 @@ def eval_qa(
     judge: Optional[str] = JUDGE_OPTION,
     judge_base_url: Optional[str] = JUDGE_URL_OPTION,
     concurrency: int = CONCURRENCY_OPTION,
+    prompt: str = PROMPT_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
@@ -136,7 +155,8 @@ def eval_qa(
                     ft_model=model if fine_tuned else None, kb=kb, k=k, max_new_tokens=max_tokens, limit=limit,
                     quick=quick, threads=threads, backend=backend, concurrency=concurrency, base_url=base_url,
                     scorers=list(scorer or []), scorer_options=_scorer_options(scorer_option), fresh=fresh,
-                    judge=judge, judge_base_url=judge_base_url)
+                    judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt))
+    _note_model(model if not fine_tuned else "given", base_url)
     with open_runs_db(runs_db, kb) as db:
         summary = run_plan(plan, db, console=None if as_json else err, run_id=run_id)[0]
     if as_json:
@@ -180,6 +200,7 @@ def compare(
     backend: str = BACKEND_OPTION,
     base_url: Optional[str] = BASE_URL_OPTION,
     concurrency: int = CONCURRENCY_OPTION,
+    prompt: str = PROMPT_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     runs_db: Optional[Path] = RUNS_DB_OPTION,
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric (default correct when every example has a label, else f1)."),
@@ -207,7 +228,8 @@ def compare(
                         model=model, ft_model=ft_model, raft_model=raft_model, kb=kb, k=k, max_new_tokens=max_tokens, limit=limit,
                         quick=quick, threads=threads, backend=backend, concurrency=concurrency, base_url=base_url,
                         scorers=list(scorer or []), scorer_options=_scorer_options(scorer_option),
-                        judge=judge, judge_base_url=judge_base_url)
+                        judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt))
+        _note_model(model, base_url)
         with open_runs_db(runs_db, kb) as db:
             ids = [summary["run_id"] for summary in run_plan(plan, db, console=None if as_json else err)]
     path = runs_db or default_path(kb)

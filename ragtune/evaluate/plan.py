@@ -34,7 +34,7 @@ class EvalPlan:
 
     dataset: Path
     strategies: list[str]
-    model: str | None = None  # the base model (base, rag); default: the packaged default generator
+    model: str | None = None  # the base model (base, rag); default: the best installed chat model
     ft_model: str | None = None  # the fine-tuned model (ft, ft+rag)
     raft_model: str | None = None  # the RAFT-trained model (raft, raft+rag); default: ft_model
     kb: Path | None = None
@@ -53,6 +53,7 @@ class EvalPlan:
     judge: str | None = None  # a model judging faithfulness (any --model ragtune accepts)
     judge_base_url: str | None = None
     fresh: bool = False
+    prompt: str = "auto"  # how retrieval strategies ask: auto | grounded | rag (the answer pipeline's protocols)
 
     def check(self) -> None:
         if not self.strategies:
@@ -67,12 +68,12 @@ class EvalPlan:
             raise ConfigError(f"--dataset {self.dataset}: no such file")
 
     def model_for(self, strategy: str) -> str:
-        from ..generate.base import DEFAULT_MODEL
+        from ..models.profiles import answer_model
 
         fine_tuned, _ = STRATEGIES[strategy]
         if strategy in RAFT_STRATEGIES:
             return self.raft_model or self.ft_model
-        return (self.ft_model if fine_tuned else self.model) or DEFAULT_MODEL
+        return self.ft_model if fine_tuned else answer_model(self.model)[0]
 
 
 def quick_sample(examples: list, n: int = QUICK_SAMPLE, seed: int = 0) -> list:
@@ -196,13 +197,15 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
             training = training_cost(model) if any(STRATEGIES[n][0] for n in names) else None
             for name in names:
                 retrieves = STRATEGIES[name][1]
-                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, style=style)
+                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, style=style,
+                                         prompt=plan.prompt)
                 config = {"strategy": name, "model": model, "backend": plan.backend, "base_url": plan.base_url,
                           "kb": str(plan.kb) if retrieves else None, "k": plan.k if retrieves else None,
                           "max_new_tokens": max_tokens, "threads": plan.threads, "concurrency": plan.concurrency,
                           "mode": "hybrid" if retrieves else None, "min_relevance": 0.0 if retrieves else None,
                           "scorers": sorted(plan.scorers) or None, "quick": plan.quick,
                           "judge": plan.judge if retrieves else None, "prompt": {"labels": labels} if labels else None,
+                          "protocol": plan.prompt if retrieves and name not in RAFT_STRATEGIES else None,
                           "training": training if STRATEGIES[name][0] else None}
                 summaries[name] = run_eval(
                     plan.dataset, strategy, db, examples=examples, model=model,

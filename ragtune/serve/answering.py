@@ -72,7 +72,7 @@ def answer(access, served, question: str, options: RagOptions, *, history: list[
                  min_relevance=options.min_relevance, max_new_tokens=options.max_new_tokens,
                  temperature=options.temperature, prompt=served.settings.prompt, templates=served.templates,
                  example=served.settings.worked_example, history=history, query=query, system=system,
-                 strict=options.strict, on_event=on_text, on_ready=on_ready, kb_lock=access.read,
+                 strict=options.strict or served.settings.strict, on_event=on_text, on_ready=on_ready, kb_lock=access.read,
                  embedder=access.embedder)
     references = [_reference(result, c) for c in result.check.citations] if result.prompt else []
     summary = {"found": result.found, "grounded": result.check.grounded if result.found else False,

@@ -32,7 +32,8 @@ def serve(
     worked_example: Optional[bool] = typer.Option(None, "--worked-example/--no-worked-example", help="Show the model one worked cited answer first."),
     system_template: Optional[str] = typer.Option(None, "--system-template", help="File with the system prompt (e.g. a RAFT model's own)."),
     question_template: Optional[str] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question})."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="rag (cite sources as [n], default) or raft (a RAFT-trained --model: its training prompt, quotes verified, the answer after <ANSWER>:)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="auto (default: grounded for local models, rag for endpoints), grounded (quote the answering sentence, then answer), rag (cite sources as [n]) or raft (a RAFT-trained --model: its training prompt, quotes verified, the answer after <ANSWER>:)."),
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Drop answer sentences that no given source supports."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Answer with an OpenAI-compatible endpoint instead of a local model."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable with the endpoint's key."),
     runs_db: Optional[str] = typer.Option(None, "--runs-db", help="Runs database for the runs page (default <first KB>/runs.db)."),
@@ -56,7 +57,7 @@ def serve(
 
     per_model = {name: value for name, value in (("backend", backend), ("weight_format", weight_format), ("lora", lora),
                  ("base_url", base_url), ("api_key_env", api_key_env), ("system_template", system_template),
-                 ("question_template", question_template), ("worked_example", worked_example), ("prompt", prompt))
+                 ("question_template", question_template), ("worked_example", worked_example), ("prompt", prompt), ("strict", strict))
                 if value is not None}
     overrides = dict(host=host, port=port, api_keys=api_key, slots=slots, queue=queue, search_threads=search_threads,
                      threads=threads, max_tokens=max_tokens, k=k, min_relevance=min_relevance, rewrite=rewrite,
@@ -65,8 +66,14 @@ def serve(
     if model or per_model:
         if lora and model and len(model) > 1:
             raise ConfigError("--lora applies to one model; give one --model with it, or list models in --config")
+        if not model:
+            from ..models.profiles import answer_model
+
+            default, note = answer_model(None)
+            err.print(f"[dim]{note}[/]", highlight=False)
+            model = [default]
         overrides["models"] = [build(ModelSettings, {"model": name, **per_model}, "--model").model_dump()
-                               for name in (model or ["SmolLM2-135M-Instruct"])]
+                               for name in model]
     settings = load_settings(config, overrides)
 
     from .app import create_app

@@ -28,11 +28,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _best_model() -> str:
+    from ..models.profiles import best_chat_model
+
+    return best_chat_model()[0]
+
+
 class ModelSettings(_Strict):
     """One generator to serve: a registered name, a .gguf file, a model directory, a training run
     directory or, with base_url, an OpenAI-compatible endpoint; and the prompt it is served with."""
 
-    model: str = Field("SmolLM2-135M-Instruct", description="--model")
+    model: str = Field(default_factory=lambda: _best_model(), description="--model")
     id: str | None = Field(None, description="name shown in /v1/models (default: derived from model)")
     backend: str = "auto"
     weight_format: str = "auto"
@@ -42,8 +48,10 @@ class ModelSettings(_Strict):
     context_window: int | None = Field(None, ge=256)
     system_template: str | None = None  # a file with the system prompt
     question_template: str | None = None  # a file with the user prompt ({sources}, {question})
-    worked_example: bool = False
-    prompt: Literal["rag", "raft"] = "rag"  # raft: a RAFT-trained model, served with the prompt it was trained on
+    worked_example: bool | None = None  # None: the model's measured profile
+    # auto: grounded for local models, rag for endpoints; raft: a RAFT-trained model in its training prompt
+    prompt: Literal["auto", "grounded", "rag", "raft"] = "auto"
+    strict: bool = False  # drop answer sentences no given source supports
 
 
 class ServeSettings(_Strict):
