@@ -21,7 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .citations import NUMBER_WORDS, TOKEN, content_words, names, numbers
+from .citations import CAPITALISED, NOT_NAMES, NUMBER_WORDS, TOKEN, content_words, numbers
+
+# capitalised only because they open a sentence: not names an answer asserts
+OPENERS = frozenset("a an the it its this that these those there they he she we you i yes no in on at by for from "
+                    "to of with when where what which who how why if as so and but or not all each every some "
+                    "any both one".split())
 
 QUOTE_PREFIX = "Quote: "
 ANSWER_PREFIX = "Answer: "
@@ -69,14 +74,13 @@ def gbnf_literal(text: str) -> str:
 
 
 def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quotes: int = MAX_QUOTES,
-                  answer_words: list[str] | None = None, answer_chars: int = MAX_ANSWER_CHARS,
+                  answer_chars: int = MAX_ANSWER_CHARS,
                   spans: bool = False, mode: str = "quote-first") -> str:
     """GBNF for the reply: 1..max_quotes quotes, each one of `sentences` exactly, then the answer.
 
     The answer may not contain '[' or ']' (no citation markers: ragtune adds the citation), must
     start with a letter or digit, and is one line of at most `answer_chars` characters (a small model
-    caught in a loop would otherwise repeat a list to the token limit). With `answer_words` (the
-    retry), it is made only of those words, so it can name nothing the quote does not. With `spans`,
+    caught in a loop would otherwise repeat a list to the token limit). With `spans`,
     a quote may be any run of 3+ consecutive words of a sentence, not only a whole one.
     """
     span_rules: list[str] = []
@@ -98,11 +102,7 @@ def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quo
     lines = [top,
         f'quote ::= "{QUOTE_PREFIX}" sentence',
         f"sentence ::= {alternatives}", *span_rules]
-    if answer_words:
-        words = " | ".join(gbnf_literal(w) for w in dict.fromkeys(answer_words))
-        lines += [f"answer ::= word ( sep word )* [.]?", f"word ::= {words}", 'sep ::= " " | ", " | "; " | ": "']
-    else:
-        lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]{0,%d}' % max(answer_chars - 1, 1)]
+    lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]{0,%d}' % max(answer_chars - 1, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +176,8 @@ _IDENT = re.compile(r"[\w.-]*[./_=-][\w./=-]+")  # train.jsonl, --glob, ~/.cache
 def entities(text: str) -> list[str]:
     """What an answer asserts that a source must contain: numbers, capitalised names, code spans and
     identifiers (file names, flags, paths)."""
-    found = sorted(numbers(text)) + names(text)
+    found = sorted(numbers(text)) + [w for w in CAPITALISED.findall(text)
+                                     if w.lower() not in NOT_NAMES and w.lower() not in OPENERS and any(c.isalpha() for c in w)]
     found += [c.strip() for c in _CODE.findall(text)]
     found += [i for i in _IDENT.findall(_CODE.sub(" ", text)) if any(ch.isalpha() for ch in i) and not i.endswith(".")]
     return list(dict.fromkeys(e for e in found if e))
@@ -202,27 +203,47 @@ def missing_entities(answer: str, evidence: str) -> list[str]:
     return missing
 
 
-MIN_WORD_SUPPORT = 0.5  # share of an answer's own content words (not the question's) its evidence must hold
+MIN_WORD_SUPPORT = 0.6  # share of an answer's content words that the quoted sentence and its neighbours must hold
 
 
-def word_support(answer: str, evidence: str, question: str) -> float:
-    """The share of the answer's content words, beyond the question's, found in `evidence` (1.0 when
-    the answer adds none: "Yes", a name already checked as an entity)."""
-    own = content_words(answer) - content_words(question)
-    return len(own & content_words(evidence)) / len(own) if own else 1.0
+def word_support(answer: str, evidence: str) -> float:
+    """The share of the answer's content words found in `evidence` (1.0 for an answer of none: "Yes")."""
+    words = content_words(answer)
+    return len(words & content_words(evidence)) / len(words) if words else 1.0
 
 
-def best_sentence(answer: str, question: str, sentences: list[list[str]], texts: list[str]) -> tuple[str, int] | None:
-    """(sentence, source number) of the sentence that best holds `answer`: all its entities in that
-    source, most of its own words in the sentence; the earlier source on a tie; None when none does."""
-    best, best_score = None, MIN_WORD_SUPPORT - 1e-9
+def window(sentences: list[str], i: int) -> str:
+    """Sentence i with its neighbours: an answer often joins a subject named in one sentence to the
+    fact stated in the next ("The Halvard bridge ... It is painted green")."""
+    return " ".join(sentences[max(i - 1, 0):i + 2])
+
+
+def holds(answer: str, sentences: list[str], i: int, text: str) -> float | None:
+    """How well sentence i of a source (`text`) holds `answer`: None when the source lacks one of
+    its entities or its neighbourhood too few of its words, else the share of words."""
+    if missing_entities(answer, text):
+        return None
+    score = word_support(answer, window(sentences, i))
+    return score if score >= MIN_WORD_SUPPORT else None
+
+
+def best_sentence(answer: str, sentences: list[list[str]], texts: list[str], question: str = "",
+                  prefer: set[tuple[int, str]] = frozenset()) -> tuple[str, int] | None:
+    """(sentence, source number) of the sentence that says what the answer adds to the question
+    (its words beyond the question's, in that sentence itself), among those that hold the answer
+    (`holds`); a sentence the model quoted (`prefer`, as (n, sentence)) wins when it says as much;
+    then the earlier source. None when no sentence holds the answer."""
+    new_words = " ".join(sorted(content_words(answer) - content_words(question)))
+    best, best_key = None, None
     for n, (source_sentences, text) in enumerate(zip(sentences, texts), start=1):
-        if missing_entities(answer, text):
-            continue
-        for sentence in source_sentences:
-            score = word_support(answer, sentence, question)
-            if score > best_score and len(sentence.split()) >= 3:
-                best, best_score = (sentence, n), score
+        for i, sentence in enumerate(source_sentences):
+            score = holds(answer, source_sentences, i, text) if len(sentence.split()) >= 3 else None
+            if score is None:
+                continue
+            says = word_support(new_words, sentence) if new_words else word_support(answer, sentence)
+            key = (says, (n, sentence) in prefer, score)
+            if best_key is None or key > best_key:
+                best, best_key = (sentence, n), key
     return best
 
 
@@ -242,14 +263,3 @@ def empty_reason(answer: str, question: str) -> str | None:
     if not (content_words(plain) - content_words(question)) and not (_tokens(plain) - _tokens(question)):
         return "the answer adds no word to the question"
     return None
-
-
-def answer_words(quotes: list[str], question: str) -> list[str]:
-    """The words a retried answer may use: the quotes' and the question's, as written and lowered."""
-    words = []
-    for text in [*quotes, question]:
-        for word in text.split():
-            word = word.strip(".,;:!?\"'()")
-            if word:
-                words += [word, word[0].upper() + word[1:], word.lower()]
-    return [w for w in dict.fromkeys(words) if w]

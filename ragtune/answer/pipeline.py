@@ -182,21 +182,20 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     reading = protocol.read(result.text, prompt_.passages, question)
     rejected, attempts = [], 1
     if reading.problem and protocol.name != "raft" and not (protocol.name == "rag" and stream.streamed_content):
+        # once more, told what was wrong (greedy decoding of the same prompt would repeat the reply)
         rejected.append({"reply": result.text.strip(), "reason": reading.problem})
-        retry_grammar = protocol.grammar(prompt_.passages, retry_of=reading, question=question) if grammar else None
-        if not grammar or retry_grammar:
-            log.debug("retrying: %s", reading.problem)
-            messages = prompt_.messages if retry_grammar else prompt_.messages + [
-                {"role": "assistant", "content": result.text.strip()},
-                {"role": "user", "content": "That reply cannot stand: " + reading.problem + ". Answer again from "
-                 "the sources, in their words."}]
-            retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
-            attempts = 2
-            result.completion_tokens += retry.completion_tokens
-            result.text, result.finish_reason = retry.text, retry.finish_reason
-            reading = protocol.read(retry.text, prompt_.passages, question)
-            if reading.problem:
-                rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
+        log.debug("retrying: %s", reading.problem)
+        messages = prompt_.messages + [
+            {"role": "assistant", "content": result.text.strip()},
+            {"role": "user", "content": f"That reply cannot stand: {reading.problem}. Answer again from the sources, "
+             f"in their words, or say that they do not answer it."}]
+        retry = _generate(generator, messages, budget, temperature, grammar, None)
+        attempts = 2
+        result.completion_tokens += retry.completion_tokens
+        result.text, result.finish_reason = retry.text, retry.finish_reason
+        reading = protocol.read(retry.text, prompt_.passages, question)
+        if reading.problem:
+            rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=None,
                    first_token_s=round(result.first_token_seconds or 0.0, 3), prompt_tokens=result.prompt_tokens,
                    completion_tokens=result.completion_tokens, tokens_per_s=round(result.tokens_per_second, 1),

@@ -61,16 +61,10 @@ class GroundedProtocol:
         return [{"role": "user", "content": grounded.QUESTION.format(sources=sources, question=grounded.EXAMPLE_QUESTION)},
                 {"role": "assistant", "content": grounded.EXAMPLE_REPLIES[self.mode]}]
 
-    def grammar(self, passages, *, retry_of: Reading | None = None, question: str = "") -> str:
+    def grammar(self, passages) -> str:
         # a heading or a two-word fragment is no evidence: only sentences of 3+ words may be quoted
         sentences = [s.text for p in passages for s in p.sentences if len(s.text.split()) >= 3
                      and not s.text.startswith(("#", "|"))] or [s.text for p in passages for s in p.sentences]
-        if retry_of is not None:
-            if not retry_of.quotes:
-                return None  # greedy decoding under the same grammar would give the same reply
-            # the retry keeps the verified quotes and may only use their words (and the question's)
-            return grounded.quote_grammar([q for q, _ in retry_of.quotes], allow_not_found=True, mode=self.mode,
-                                          answer_words=grounded.answer_words([q for q, _ in retry_of.quotes], question))
         return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, spans=self.spans, mode=self.mode)
 
     def read(self, text: str, passages, question: str) -> Reading:
@@ -108,17 +102,22 @@ class GroundedProtocol:
         the quote and its source the citation (a small model often quotes one sentence and answers
         from another); otherwise the answer cannot stand."""
         texts = [p.text for p in passages]
-        cited = sorted({n for _, where in reading.quotes for n in where})
-        quoted = "\n".join(q for q, _ in reading.quotes)
-        missing = grounded.missing_entities(reading.answer, "\n".join([quoted, *(texts[n - 1] for n in cited)]))
-        if not missing and grounded.word_support(reading.answer, quoted, question) >= grounded.MIN_WORD_SUPPORT:
-            return None
-        best = grounded.best_sentence(reading.answer, question, [[s.text for s in p.sentences] for p in passages], texts)
+        sentences = [[s.text for s in p.sentences] for p in passages]
+        # the model's quotes, as the passage sentences holding them (a quote may be part of one)
+        own = {(n, sentence) for quote, where in reading.quotes for n in where for sentence in sentences[n - 1]
+               if grounded.normalise(quote) in sentence}
+        best = grounded.best_sentence(reading.answer, sentences, texts, question, prefer=own)
         if best is not None:
             sentence, n = best
-            reading.matched = [(q, where) for q, where in reading.quotes]
-            reading.quotes = [(sentence, [n])]
+            if (n, sentence) not in own:
+                reading.matched = [(q, where) for q, where in reading.quotes]
+                reading.quotes = [(sentence, [n])]
+            else:  # keep the model's quote (its exact words), cited to that source first
+                reading.quotes = sorted(reading.quotes, key=lambda q: n not in q[1])
             return None
+        cited = sorted({n for _, where in reading.quotes for n in where})
+        missing = grounded.missing_entities(reading.answer, "\n".join([*(q for q, _ in reading.quotes),
+                                                                         *(texts[n - 1] for n in cited)]))
         if missing:
             return f"the quoted sources do not contain {', '.join(missing)}"
         return "the quotes do not say what the answer says"
@@ -141,7 +140,7 @@ class PlainProtocol:
     def example_turns(self) -> list[dict]:
         return self._templates.example_turns() + self.history_examples
 
-    def grammar(self, passages, **_) -> None:
+    def grammar(self, passages) -> None:
         return None
 
     def read(self, text: str, passages, question: str) -> Reading:
@@ -172,7 +171,7 @@ class RaftProtocol:
     def example_turns(self) -> list[dict]:
         return []
 
-    def grammar(self, passages, **_) -> None:
+    def grammar(self, passages) -> None:
         return None
 
     def read(self, text: str, passages, question: str) -> Reading:
