@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .citations import CAPITALISED, NOT_NAMES, NUMBER_WORDS, TOKEN, content_words, numbers
+from .citations import CAPITALISED, NOT_NAMES, NUMBER_WORDS, TOKEN, content_words, numbers  # noqa: F401 (content_words re-exported)
 
 # capitalised only because they open a sentence: not names an answer asserts
 OPENERS = frozenset("a an the it its this that these those there they he she we you i yes no in on at by for from "

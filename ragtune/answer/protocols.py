@@ -112,8 +112,10 @@ class GroundedProtocol:
             if (n, sentence) not in own:
                 reading.matched = [(q, where) for q, where in reading.quotes]
                 reading.quotes = [(sentence, [n])]
-            else:  # keep the model's quote (its exact words), cited to that source first
-                reading.quotes = sorted(reading.quotes, key=lambda q: n not in q[1])
+            else:  # keep the model's quotes that say part of the answer (its exact words), the best first
+                new = grounded.content_words(reading.answer) - grounded.content_words(question)
+                reading.quotes = sorted([q for q in reading.quotes if n in q[1] and grounded.normalise(q[0]) in sentence
+                                         or new & grounded.content_words(q[0])], key=lambda q: n not in q[1])
             return None
         cited = sorted({n for _, where in reading.quotes for n in where})
         missing = grounded.missing_entities(reading.answer, "\n".join([*(q for q, _ in reading.quotes),

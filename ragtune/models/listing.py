@@ -30,6 +30,7 @@ def model_rows(cache_dir=None) -> list[dict]:
             "size_mb": round(size / 1e6, 1) if size else None, "licence": spec.licence,
             "cache": cache, "packages": list(spec.packages),
             "install": None if installed else spec.install_command, "notes": spec.notes,
+            "answer_quality": spec.answer_quality, "answer_quality_note": spec.answer_quality_note or None,
         })
     return rows
 
@@ -79,16 +80,21 @@ def _file_type(path) -> str | None:
 
 def print_models(console, rows: list[dict]) -> None:
     table = Table(title="packaged models")
-    for column in ("name", "role", "runtime", "weights", "runs as", "installed", "size", "licence", "cache"):
+    for column in ("name", "role", "runtime", "weights", "runs as", "answers", "installed", "size", "licence", "cache"):
         table.add_column(column)
     for row in rows:
         role = f"{row['role']} ({row['dimensions']}-d)" if row.get("dimensions") else row["role"]
         table.add_row(
             row["name"], role, row["runtime"], row["weights"] or "-", row["runs_as"] or "-",
+            f"{row['answer_quality']:.2f}" if row.get("answer_quality") is not None else "-",
             "yes" if row["installed"] else "[red]no[/]",
             f"{row['size_mb']:.0f} MB" if row["size_mb"] else "-", row["licence"], row["cache"],
         )
     console.print(table)
+    measured = [row for row in rows if row.get("answer_quality_note")]
+    if measured:
+        console.print("[dim]answers: share of questions answered right and cited to the source holding the answer "
+                      "(bench/grounded_qa.py; the default answering model is the best installed)[/]", highlight=False)
     for row in rows:
         if row["install"]:
             console.print(f"[dim]{row['name']}: {row['install']}[/]", highlight=False)
