@@ -149,10 +149,21 @@ def parse(text: str) -> Reply:
     if not answer_lines:
         reply.well_formed = False
         return reply
-    reply.answer = " ".join(line for line in answer_lines if line).strip()
+    reply.answer = tidy(" ".join(line for line in answer_lines if line))
     reply.not_found = reply.answer.lower().rstrip(".").strip() == NOT_FOUND_REPLY or (
         not reply.quotes and "not found" in reply.answer.lower())
     return reply
+
+
+# what a small model appends on the answer's line: the next field, or a not-found after an answer
+_TRAILER = re.compile(r"\s*(?:\bQuote:|\(?\bnot found in the sources\b|\bThe source that says\b).*$", re.I | re.S)
+
+
+def tidy(answer: str) -> str:
+    """The answer without what follows it on its line (an inline "Quote:", a not-found after it)."""
+    answer = answer.strip()
+    cut = _TRAILER.sub("", answer).strip()
+    return cut if cut and any(c.isalnum() for c in cut) else answer
 
 
 _LOOP = re.compile(r"((?:\S+[\s,;]+){2,8}?)\1+|(\S+[\s,;]+)\2{2,}")
@@ -256,6 +267,8 @@ def empty_reason(answer: str, question: str) -> str | None:
     plain = re.sub(r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]", "", answer).strip(" .;:,")
     if not plain or not any(c.isalnum() for c in plain):
         return "the answer is empty or only a citation marker"
+    if answer.rstrip().endswith(":"):
+        return "the answer stops before it says anything"
     if normalise(plain).lower().rstrip("?") == normalise(question).lower().rstrip("?"):
         return "the answer repeats the question"
     if YES_NO.match(plain):

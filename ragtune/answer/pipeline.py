@@ -264,6 +264,8 @@ def finish(question, query, protocol: str, prompt: Prompt, reading: Reading, res
     quotes = quote_records(reading, sources)
     if protocol == "rag" or not reading.quotes:
         check = check_citations(text, sources, embedder=embedder)
+        if protocol == "raft":  # a RAFT model cites by quoting: no quote verified, no citation
+            check.citations = [c for c in check.citations if not c.inferred]
         kept, dropped = text, []
         unsupported = unsupported_items(check)
         if strict and unsupported:
