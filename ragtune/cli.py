@@ -264,6 +264,8 @@ def ask(
     from .kb import KnowledgeBase
 
     _check_prompt(prompt)
+    if prompt == "auto" and (system_template or question_template):
+        prompt = "rag"  # the user's own templates are for the plain prompt
     generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template,
                                          question_template, backend, weight_format, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:

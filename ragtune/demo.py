@@ -49,18 +49,16 @@ QUESTIONS = [q.text for q in DEMO_QUESTIONS]
 # Chosen by measurement (bench/demo_models.py, 2026-12-02, llama.cpp, 2 threads): Qwen2.5-Coder-0.5B
 # answered all 3 questions right and cited in 20 s; SmolLM2-135M none (10.7 s); Gemma-3-270M is a
 # pretrained model with no chat template. `make demo` installs Qwen; without it the demo falls back.
-DEMO_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
+DEMO_MODEL = "Qwen2.5-Coder-0.5B-Instruct"  # what demo_model() picks when installed (registry answer_quality)
 
 
 def demo_model() -> str:
-    from .generate.base import DEFAULT_MODEL
-    from .models.registry import get_model
+    """The best installed chat model by measured answers (the default of every answering command)."""
+    from .models.profiles import answer_model
 
-    if get_model(DEMO_MODEL).installed:
-        return DEMO_MODEL
-    logger.warning("%s is not installed (`make models-qwen`); the demo uses %s, whose answers are weak",
-                   DEMO_MODEL, DEFAULT_MODEL)
-    return DEFAULT_MODEL
+    name, note = answer_model(None)
+    logger.info("%s", note)
+    return name
 
 
 def latency_line(timings: dict) -> str:
@@ -123,7 +121,7 @@ def run_demo(out, err, *, workdir: Path | None = None, threads: int | None = Non
                 timings[f"answer{number}_s"] = result.timings.get("total_s")
                 if not quiet:
                     out.print()
-                    print_answer(out, result)
+                    print_answer(out, result, timings=False)
                     out.print(latency_line(result.timings), style="dim", highlight=False)
             stats = kb.stats()
     timings["total_s"] = round(time.perf_counter() - started, 2)

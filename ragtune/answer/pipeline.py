@@ -99,9 +99,14 @@ def accepts(function, name: str) -> bool:
 
 
 def default_protocol(generator) -> str:
-    """`grounded` for local models (llama.cpp, transformers); the plain prompt for endpoints, whose
-    (usually large) models cite well on their own and take no grammar."""
-    return "rag" if type(generator).__name__ == "OpenAICompatibleGenerator" else "grounded"
+    """The plain prompt for endpoints, whose (usually large) models cite well on their own and take
+    no grammar; for local models the one measured best for that model (models/profiles.py), else
+    `grounded`."""
+    if type(generator).__name__ == "OpenAICompatibleGenerator":
+        return "rag"
+    from ..models.profiles import answer_prompt
+
+    return answer_prompt(getattr(generator, "name", "")) or "grounded"
 
 
 def locate(quote: str, text: str) -> tuple[int, int] | None:
@@ -139,8 +144,8 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         embedder=None) -> Answer:
     """Answer `question` from the knowledge base `kb`.
 
-    `prompt`: grounded | rag | raft | auto (grounded for local models, rag for endpoints; user
-    templates mean rag). `query` (default: the question) is what retrieval searches for; `history`
+    `prompt`: grounded | rag | raft | auto (the model's measured profile for local models, rag for
+    endpoints). `templates` shape the rag prompt. `query` (default: the question) is what retrieval searches for; `history`
     is earlier chat turns; `on_text(piece)` gets the answer as it streams, `on_event(piece, kind)`
     the reasoning too; `on_ready()` runs once the prompt is built. `kb_lock` (a lock, or a factory
     of context managers) guards the KB: retrieval and checks run under it, generation outside, so
@@ -212,9 +217,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
 def resolve_protocol(prompt: str, generator, *, templates=None, example=None, instruction=None, history_examples=None):
     from ..models.profiles import grounded_example
 
-    customised = templates is not None and (templates.system, templates.question) != (type(templates)().system,
-                                                                                      type(templates)().question)
-    name = prompt if prompt != "auto" else ("rag" if customised else default_protocol(generator))
+    name = prompt if prompt != "auto" else default_protocol(generator)
     if example is None:
         example = grounded_example(getattr(generator, "name", "")) if name == "grounded" else bool(
             templates is not None and templates.example)

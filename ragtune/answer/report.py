@@ -30,7 +30,7 @@ def check_notes(check) -> list[str]:
     return notes
 
 
-def print_answer(console, result, *, compact: bool = False) -> None:
+def print_answer(console, result, *, compact: bool = False, timings: bool = True) -> None:
     """What follows a streamed answer: its sources, the verified quotes, what no source supports,
     and, when nothing answers, the closest passage retrieved."""
     check = result.check
@@ -64,5 +64,5 @@ def print_answer(console, result, *, compact: bool = False) -> None:
     notes = [] if result.quotes else check_notes(check)
     if notes:
         console.print("[yellow]check:[/] " + escape("; ".join(notes)))
-    if not compact:
+    if not compact and timings:
         console.print(f"[dim]timings: {escape(str(result.timings))}[/]")

@@ -19,19 +19,24 @@ def grounded_example(model: str) -> bool:
     return True if spec is None or spec.grounded_example is None else spec.grounded_example
 
 
+def answer_prompt(model: str) -> str | None:
+    """The prompt protocol measured best for `model` (None: not measured, the runtime's default)."""
+    spec = find_model(str(model)) if model else None
+    return spec.answer_prompt if spec is not None else None
+
+
 def best_chat_model() -> tuple[str, str]:
     """(name, why) of the installed chat model with the best measured answer quality."""
     measured = [s for s in registered_models() if s.kind == "chat" and s.answer_quality is not None]
     ranked = sorted(measured, key=lambda s: s.answer_quality, reverse=True)
     for spec in ranked:
         if spec.installed:
-            others = [s for s in ranked if s is not spec]
-            why = f"best installed chat model by measured answers ({spec.answer_quality_note or spec.answer_quality})"
+            why = f"the best installed chat model by measured answers ({spec.answer_quality:.2f} right and cited"
+            others = [f"{s.answer_quality:.2f} for {s.name}" for s in ranked if s is not spec and s.installed]
             better = [s.name for s in ranked[:ranked.index(spec)]]
+            why += (f" vs {', '.join(others)})" if others else ")")
             if better:
-                why += f"; {', '.join(better)} would answer better (not installed)"
-            elif others:
-                why += f"; ahead of {', '.join(s.name for s in others)}"
+                why += f"; {', '.join(better)} answers better: install it"
             return spec.name, why
     return FALLBACK_MODEL, "no measured chat model is installed; using the smallest packaged one"
 
@@ -42,4 +47,4 @@ def answer_model(model: str | None) -> tuple[str, str | None]:
     if model:
         return model, None
     name, why = best_chat_model()
-    return name, f"answering with {name}: {why} (--model picks another)"
+    return name, f"answering with {name}, {why}; --model picks another"

@@ -33,6 +33,7 @@ class ModelSpec:
     answer_quality: float | None = None
     answer_quality_note: str = ""
     grounded_example: bool | None = None  # give the grounded prompt's worked example (chosen by measurement)
+    answer_prompt: str | None = None  # the prompt `--prompt auto` uses for this model (grounded or rag), by measurement
 
     @property
     def install_command(self) -> str:

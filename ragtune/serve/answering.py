@@ -68,9 +68,12 @@ def answer(access, served, question: str, options: RagOptions, *, history: list[
     prompt is built, just before generation starts."""
     history = list(history or [])
     query = standalone_query(served, question, history, rewrite) if history and question.strip() else question
+    prompt = served.settings.prompt
+    if prompt == "auto" and (served.settings.system_template or served.settings.question_template):
+        prompt = "rag"  # the operator's own templates are for the plain prompt
     result = ask(access.kb, question, served.generator, k=options.k, mode=options.mode, filters=options.filters,
                  min_relevance=options.min_relevance, max_new_tokens=options.max_new_tokens,
-                 temperature=options.temperature, prompt=served.settings.prompt, templates=served.templates,
+                 temperature=options.temperature, prompt=prompt, templates=served.templates,
                  example=served.settings.worked_example, history=history, query=query, system=system,
                  strict=options.strict or served.settings.strict, on_event=on_text, on_ready=on_ready, kb_lock=access.read,
                  embedder=access.embedder)
