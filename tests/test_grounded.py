@@ -14,6 +14,9 @@ DOCS = {
     "festival.txt": "The Zorblat festival is held in the town of Kremsville every March. Visitors eat smoked plums.",
     "bridge.txt": "The Halvard bridge crosses the river Otter. It was finished in 1921 and is painted green.",
     "reactor.txt": "The Zorblat-7 fusion reactor was commissioned in Tallinn in 2031. It powers the harbour.",
+    "install.md": "# Installing zorbtool\n\nTo install zorbtool on a new machine, run two commands from a fresh\n"
+                  "clone:\n\n```bash\nmake demo   # installs and answers\nmake test   # runs the tests\n```\n\n"
+                  "Both are safe to run again.",
 }
 
 
@@ -70,21 +73,24 @@ def test_the_citation_is_the_source_the_quote_comes_from(kb):
 
 def test_a_quote_that_is_not_in_its_source_is_rejected_then_not_found(kb):
     invented = "Quote: The Halvard bridge was built of gold in 1921.\nAnswer: 1921"
-    model = Scripted(invented, invented)
+    model = Scripted(invented, "It was built of gold.")
     result = ask(kb, "When was the Halvard bridge finished?", model, prompt="grounded", k=3)
     assert not result.found and result.answer == NOT_FOUND_ANSWER
-    assert [r["reason"].startswith("a quote is in no source") for r in result.rejected] == [True, True]
-    assert len(model.calls) == 2  # retried once, with the reason
-    assert "cannot stand" in model.calls[1][-1]["content"]
+    assert result.rejected[0]["reason"].startswith("a quote is in no source")
+    assert result.rejected[1]["reason"] == "the quotes do not say what the answer says"
+    assert len(model.calls) == 2  # retried once, as a direct answer whose support ragtune looks for
+    assert model.calls[1][0]["content"] == grounded.SYSTEMS["locate"]
     assert result.best_passage["source"].endswith("bridge.txt") and "1921" in result.best_passage["text"]
 
 
 def test_an_invented_entity_is_rejected_and_the_retry_answers_from_the_quote(kb):
     quote = "Quote: The Zorblat-7 fusion reactor was commissioned in Tallinn in 2031."
-    model = Scripted(f"{quote}\nAnswer: It was commissioned in Tallinn, Turkey.", f"{quote}\nAnswer: In Tallinn.")
+    model = Scripted(f"{quote}\nAnswer: It was commissioned in Tallinn, Turkey.", "In Tallinn.")
     result = ask(kb, "Where was the Zorblat-7 fusion reactor commissioned?", model, prompt="grounded", k=3)
     assert result.rejected[0]["reason"] == "the quoted sources do not contain Turkey"
     assert result.bare == "In Tallinn." and "Turkey" not in result.answer and result.found
+    n = source_number(result, "reactor.txt")
+    assert result.answer == f"In Tallinn [{n}]." and result.quotes[0]["text"].startswith("The Zorblat-7 fusion reactor")
 
 
 def test_plain_prompt_lists_an_invented_entity_as_unsupported_and_strict_drops_it(kb):
@@ -105,7 +111,7 @@ def test_plain_prompt_lists_an_invented_entity_as_unsupported_and_strict_drops_i
                                    "Quote: It was finished in 1921 and is painted green.\n"
                                    "Answer: When was the Halvard bridge finished?"])
 def test_a_bare_marker_or_the_question_repeated_is_no_answer(kb, reply):
-    result = ask(kb, "When was the Halvard bridge finished?", Scripted(reply, reply), prompt="grounded", k=3)
+    result = ask(kb, "When was the Halvard bridge finished?", Scripted(reply, "[1]"), prompt="grounded", k=3)
     assert not result.found and len(result.rejected) == 2
 
 
@@ -126,7 +132,7 @@ def test_an_answer_cut_by_the_budget_ends_at_its_last_sentence(kb):
 
 def test_grounded_answers_stream_quotes_as_reasoning_and_only_the_checked_answer_as_content(kb):
     quote = "Quote: The Zorblat-7 fusion reactor was commissioned in Tallinn in 2031."
-    model = Scripted(f"{quote}\nAnswer: Tallinn, Turkey.", f"{quote}\nAnswer: Tallinn.")
+    model = Scripted(f"{quote}\nAnswer: Tallinn, Turkey.", "Tallinn.")
     events = []
     result = ask(kb, "Where was the Zorblat-7 fusion reactor commissioned?", model, prompt="grounded", k=3,
                  on_event=lambda piece, kind: events.append((kind, piece)))
@@ -141,3 +147,11 @@ def test_grammar_admits_only_source_sentences_and_no_citation_marker():
     assert "answer ::= " in grammar and "[^\\n\\[\\]]{0,399}" in grammar
     first = grounded.quote_grammar(["It was finished in 1921."], mode="answer-first")
     assert first.startswith('root ::= "Answer: " answer "\\n" quote')
+
+
+def test_an_answer_that_introduces_a_list_gets_the_whole_list(kb):
+    intro = "To install zorbtool on a new machine, run two commands from a fresh clone:"
+    model = Scripted(f"Answer: {intro}\nQuote: {intro}")
+    result = ask(kb, "How do I install zorbtool?", model, prompt="grounded", k=2)
+    assert result.found and "make demo # installs and answers; make test # runs the tests" in result.answer
+    assert result.quotes[0]["source"].endswith("install.md")

@@ -71,7 +71,8 @@ def server(tmp_path_factory, embedder):
         kb._embedder = embedder
         kb.ingest([docs])
     run_ids = write_runs(root / "kb" / "runs.db", root / "eval.jsonl")
-    models = [ModelSettings(), ModelSettings(id="raft", prompt="raft")]  # one loaded engine, two prompts
+    smol = "SmolLM2-135M-Instruct"  # pinned for speed (the default is the best installed model)
+    models = [ModelSettings(model=smol), ModelSettings(model=smol, id="raft", prompt="raft")]  # one engine, two prompts
     settings = ServeSettings(api_keys=[KEY], threads=1, slots=2, queue=1, max_tokens=48, k=3, max_request_mb=0.05,
                              max_upload_mb=0.2, models=models)
     state = ServeState.open([root / "kb"], settings, embedder=embedder)

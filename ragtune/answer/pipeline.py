@@ -187,18 +187,30 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     reading = protocol.read(result.text, prompt_.passages, question)
     rejected, attempts = [], 1
     if reading.problem and protocol.name != "raft" and not (protocol.name == "rag" and stream.streamed_content):
-        # once more, told what was wrong (greedy decoding of the same prompt would repeat the reply)
+        # once more: a grounded reply is asked again as a direct answer whose support ragtune locates (a
+        # small model told "that cannot stand" in a new turn tends to copy the telling); the plain prompt
+        # is told what was wrong
         rejected.append({"reply": result.text.strip(), "reason": reading.problem})
         log.debug("retrying: %s", reading.problem)
-        messages = prompt_.messages + [
-            {"role": "assistant", "content": result.text.strip()},
-            {"role": "user", "content": f"That reply cannot stand: {reading.problem}. Answer again from the sources, "
-             f"in their words, or say that they do not answer it."}]
-        retry = _generate(generator, messages, budget, temperature, grammar, None)
+        again = protocol.retry()
+        if again is not None:
+            retry_prompt = build_prompt(question, hits, generator, templates=replace(again.templates(), system=templates_.system)
+                                        if system else again.templates(), max_new_tokens=budget,
+                                        history=again.example_turns() + history, passages=passages)
+            messages = retry_prompt.messages
+            retry_grammar = again.grammar(retry_prompt.passages) if grammar else None
+            protocol_for_reading = again
+        else:
+            messages = prompt_.messages + [
+                {"role": "assistant", "content": result.text.strip()},
+                {"role": "user", "content": f"That reply cannot stand: {reading.problem}. Answer again from the "
+                 f"sources, in their words, or say that they do not answer it."}]
+            retry_grammar, protocol_for_reading = grammar, protocol
+        retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
         attempts = 2
         result.completion_tokens += retry.completion_tokens
         result.text, result.finish_reason = retry.text, retry.finish_reason
-        reading = protocol.read(retry.text, prompt_.passages, question)
+        reading = protocol_for_reading.read(retry.text, prompt_.passages, question)
         if reading.problem:
             rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=None,

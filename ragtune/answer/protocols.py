@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from . import grounded
 from .prompt import Templates
+from .sentences import introduced, split_with_offsets
 
 PROTOCOLS = ("grounded", "rag", "raft")
 
@@ -61,6 +62,13 @@ class GroundedProtocol:
         return [{"role": "user", "content": grounded.QUESTION.format(sources=sources, question=grounded.EXAMPLE_QUESTION)},
                 {"role": "assistant", "content": grounded.EXAMPLE_REPLIES[self.mode]}]
 
+    def retry(self):
+        """The protocol a rejected reply is asked again in: a direct answer, located by ragtune."""
+        if self.mode == "locate":
+            return None
+        return GroundedProtocol(example=self.example, instruction=self.instruction,
+                                allow_not_found=self.allow_not_found, mode="locate")
+
     def grammar(self, passages) -> str:
         # a heading or a two-word fragment is no evidence: only sentences of 3+ words may be quoted
         sentences = [s.text for p in passages for s in p.sentences if len(s.text.split()) >= 3
@@ -91,8 +99,30 @@ class GroundedProtocol:
         elif not reading.quotes and self.mode != "locate":
             reading.problem = "the reply quotes no source"
         else:
+            extension = self._introduced(reading.answer, passages)
+            if extension:  # ragtune's own copy from the source: checked as the sentence that introduces it
+                reading.answer = reading.answer.rstrip(": ")
             reading.problem = grounded.empty_reason(reading.answer, question) or self._support(reading, passages, question)
+            if extension and not reading.problem:
+                reading.answer = f"{reading.answer}: {extension}"
         return reading
+
+    @staticmethod
+    def _introduced(answer: str, passages) -> str | None:
+        """For an answer that copies a sentence introducing a list or code block ("run two commands
+        from a fresh clone:"): what that sentence introduces in the source (the whole list, not its
+        first line), joined by "; "; else None."""
+        if not answer.rstrip().endswith(":"):
+            return None
+        wanted = grounded.normalise(answer.rstrip(": ")).lower()
+        for passage in passages:
+            whole = split_with_offsets(passage.hit.text)
+            for i, sentence in enumerate(whole):
+                if sentence.text.endswith(":") and wanted and wanted in sentence.text.lower():
+                    following = introduced(whole, i)
+                    if following:
+                        return "; ".join(s.text for s in following)
+        return None
 
     @staticmethod
     def _support(reading: Reading, passages, question: str) -> str | None:
@@ -145,6 +175,9 @@ class PlainProtocol:
     def grammar(self, passages) -> None:
         return None
 
+    def retry(self) -> None:
+        return None
+
     def read(self, text: str, passages, question: str) -> Reading:
         reading = Reading(text.strip())
         reason = grounded.empty_reason(reading.answer, question)
@@ -174,6 +207,9 @@ class RaftProtocol:
         return []
 
     def grammar(self, passages) -> None:
+        return None
+
+    def retry(self) -> None:
         return None
 
     def read(self, text: str, passages, question: str) -> Reading:

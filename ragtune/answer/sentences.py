@@ -31,12 +31,13 @@ class Sentence:
     text: str  # whitespace-normalised, bullet marker removed: what the model sees and may quote
     start: int  # span in the chunk's text
     end: int
+    kind: str = "text"  # text | item (a list item) | code (a line of a code block) | line (heading, table row)
 
 
-def blocks(text: str) -> list[tuple[int, int]]:
+def blocks(text: str) -> list[tuple[int, int, str]]:
     """Spans of the paragraphs, list items, headings, table rows and code lines of `text`: wrapped
     lines of one paragraph stay together (markdown wraps sentences across lines)."""
-    spans: list[list[int]] = []
+    spans: list[list] = []
     open_block, fenced, position = False, False, 0
     for line in text.splitlines(keepends=True):
         start, end = position, position + len(line.rstrip("\r\n"))
@@ -50,17 +51,19 @@ def blocks(text: str) -> list[tuple[int, int]]:
             open_block = False
             continue
         if fenced or not open_block or _BLOCK_START.match(line):
-            spans.append([start, end])
+            kind = ("code" if fenced else "item" if _BULLET.match(line)
+                    else "line" if stripped.startswith(_SINGLE_LINE) else "text")
+            spans.append([start, end, kind])
         else:
             spans[-1][1] = end
         open_block = not fenced and not stripped.startswith(_SINGLE_LINE)
-    return [(a, b) for a, b in spans]
+    return [(a, b, kind) for a, b, kind in spans]
 
 
 def split_with_offsets(text: str) -> list[Sentence]:
     """The sentences (and headings, list items, table rows, code lines) of `text`, with their spans."""
     sentences = []
-    for block_start, block_end in blocks(text):
+    for block_start, block_end, kind in blocks(text):
         block = text[block_start:block_end]
         bullet = _BULLET.match(block)
         offset = bullet.end() if bullet else 0
@@ -74,7 +77,7 @@ def split_with_offsets(text: str) -> list[Sentence]:
             normalised = " ".join(body.split())
             if len(normalised) >= MIN_CHARS and any(c.isalnum() for c in normalised):
                 begin = block_start + piece_start + lead
-                sentences.append(Sentence(normalised, begin, begin + len(body)))
+                sentences.append(Sentence(normalised, begin, begin + len(body), kind))
     return sentences
 
 
@@ -122,3 +125,13 @@ def select(hit, question: str, *, keep: int = 3, neighbours: int = 1, vector_sco
     chosen = sorted({j for i in best for j in range(i - neighbours, i + neighbours + 1) if 0 <= j < len(sentences)})
     gaps = [(i == 0 and chosen[0] > 0) or (i > 0 and chosen[i] != chosen[i - 1] + 1) for i in range(len(chosen))]
     return Passage(hit, [sentences[i] for i in chosen], gaps, trailing_gap=chosen[-1] < len(sentences) - 1)
+
+
+def introduced(sentences: list[Sentence], i: int) -> list[Sentence]:
+    """The list items or code lines that follow sentence i when it introduces them ("...:")."""
+    following = []
+    for sentence in sentences[i + 1:]:
+        if sentence.kind not in ("item", "code"):
+            break
+        following.append(sentence)
+    return following

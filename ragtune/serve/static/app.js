@@ -112,6 +112,12 @@ function renderSources(bubble, references, summary) {
     const notes = [summary.grounded ? "grounded" : "not fully grounded", `retrieved for: ${summary.query}`];
     if (summary.timings && summary.timings.total_s !== undefined) notes.push(`${summary.timings.total_s} s`);
     bubble.append(el("div", { class: "status" }, notes.join(" · ")));
+    for (const item of summary.unsupported || []) {  // what no given source says, and why
+      bubble.append(el("div", { class: "status unsupported" }, `unsupported: ${item.text} (${item.reason})`));
+    }
+    if (summary.best_passage) {
+      bubble.append(el("div", { class: "status" }, `closest passage: ${summary.best_passage.text}`));
+    }
   }
 }
 
