@@ -199,7 +199,8 @@ def test_a_raft_model_is_served_with_its_training_prompt(server):
     messages = [{"role": "user", "content": QUESTION}]
     plain = client.chat.completions.create(model="kb/raft", messages=messages, max_tokens=64)
     summary = plain.model_extra["ragtune"]
-    assert {"has_answer_tag", "invented_quotes", "answer"} <= set(summary) and plain.choices[0].message.content
+    assert {"protocol", "quotes", "invented_quotes"} <= set(summary) and plain.choices[0].message.content
+    assert summary["protocol"] == "raft"
     for ref in plain.choices[0].message.model_extra["references"]:
         assert ref["quote"] in " ".join(ref["text"].split())
     content, reasoning, final = "", "", None

@@ -83,7 +83,7 @@ def answer(access, served, question: str, options: RagOptions, *, history: list[
                "unknown_citations": result.check.unknown, "unsupported": result.unsupported,
                "unsupported_sentences": result.check.unsupported_sentences,
                "cited_unsupported_sentences": result.check.cited_unsupported_sentences,
-               "quotes": result.quotes, "dropped": result.dropped, "rejected": result.rejected,
+               "quotes": result.quotes, "invented_quotes": result.invented, "dropped": result.dropped, "rejected": result.rejected,
                "best_passage": result.best_passage, "timings": result.timings}
     return ServedAnswer(result.answer, references, summary, result.finish_reason, result.prompt_tokens,
                         result.completion_tokens, reasoning=result.reasoning)
