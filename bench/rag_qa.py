@@ -39,7 +39,7 @@ def main() -> None:
     from rich.table import Table
 
     from ragtune.answer.prompt import Templates
-    from ragtune.answer.rag import ask
+    from ragtune.answer.pipeline import ask
     from ragtune.config import IngestOptions, RecordFields
     from ragtune.errors import ModelNotInstalledError
     from ragtune.evaluate.qa import exact_match, f1
@@ -83,7 +83,7 @@ def main() -> None:
                 supporting = {c["title"] for c in q["contexts"] if c["is_supporting"]}
                 closed = first_line(closed_answers[i])
                 result = ask(kb, q["question_text"], generator, k=k, max_new_tokens=32, templates=templates,
-                             min_relevance=0.0, history=RAG_EXAMPLE)
+                             min_relevance=0.0, prompt="rag", history_examples=RAG_EXAMPLE)
                 answer = first_line(result.answer)
                 scores["closed_em"].append(exact_match(closed, golds))
                 scores["closed_f1"].append(f1(closed, golds))

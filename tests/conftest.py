@@ -50,6 +50,22 @@ def make_kb(tmp_path, embedder):
         kb.close()
 
 
+def kb_of_texts(root, docs: dict[str, str], **config):
+    """An open knowledge base (default embedder, 2 threads) over `docs` (file name -> text) written
+    under `root`/docs; the caller closes it."""
+    from ragtune.config import KBConfig
+    from ragtune.kb import KnowledgeBase
+
+    folder = root / "docs"
+    folder.mkdir()
+    for name, text in docs.items():
+        (folder / name).write_text(text)
+    kb = KnowledgeBase.init(root / "kb", KBConfig(**config) if config else None)
+    kb.threads = 2
+    kb.ingest([folder])
+    return kb
+
+
 def run_cli(*args, check=True, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `ragtune` CLI in a subprocess (env: extra variables)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

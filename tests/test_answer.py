@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import kb_of_texts, run_cli
 from fake_openai import fake_openai
 from ragtune.answer.citations import check_citations
 from ragtune.answer.prompt import build_prompt
@@ -24,18 +24,9 @@ DOCS = {
 
 @pytest.fixture(scope="module")
 def small_kb(tmp_path_factory):
-    from ragtune.kb import KnowledgeBase
-
-    root = tmp_path_factory.mktemp("answer")
-    folder = root / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text)
-    kb = KnowledgeBase.init(root / "kb")
-    kb.threads = 2
-    kb.ingest([folder])
-    yield kb
-    kb.close()
+    base = kb_of_texts(tmp_path_factory.mktemp("answer"), DOCS)
+    yield base
+    base.close()
 
 
 @pytest.fixture(scope="module")

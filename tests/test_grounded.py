@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import kb_of_texts
+
 from ragtune.answer import grounded
 from ragtune.answer.pipeline import NOT_FOUND_ANSWER, ask, cut_at_sentence
 from ragtune.generate.base import Generation
@@ -22,16 +24,7 @@ DOCS = {
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
-    from ragtune.kb import KnowledgeBase
-
-    root = tmp_path_factory.mktemp("grounded")
-    folder = root / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text)
-    base = KnowledgeBase.init(root / "kb")
-    base.threads = 2
-    base.ingest([folder])
+    base = kb_of_texts(tmp_path_factory.mktemp("grounded"), DOCS)
     yield base
     base.close()
 
