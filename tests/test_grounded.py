@@ -148,3 +148,31 @@ def test_an_answer_that_introduces_a_list_gets_the_whole_list(kb):
     result = ask(kb, "How do I install zorbtool?", model, prompt="grounded", k=2)
     assert result.found and "make demo # installs and answers; make test # runs the tests" in result.answer
     assert result.quotes[0]["source"].endswith("install.md")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from ragtune.generate import make_generator
+    from ragtune.generate.llamacpp import unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    return make_generator("SmolLM2-135M-Instruct", threads=2, backend="llamacpp").load()
+
+
+def test_on_llamacpp_the_grammar_makes_a_bare_marker_impossible(smollm2):
+    """Primed to reply "Answer: [1]", the model writes it without the grammar and cannot with it: the
+    answer line takes no bracket, and the quote can only be a sentence of the sources."""
+    sentences = ["The Halvard bridge was finished in 1921.", "It is painted green."]
+    messages = [{"role": "system", "content": "Copy the user's text exactly."},
+                {"role": "user", "content": "Answer: [1]"}, {"role": "assistant", "content": "Answer: [1]"},
+                {"role": "user", "content": "Answer: [1]"}]
+    free = smollm2.generate(messages, max_new_tokens=8)
+    assert "[1]" in free.text  # what the model wants to write
+    bound = smollm2.generate(messages, max_new_tokens=120,
+                             grammar=grounded.quote_grammar(sentences, mode="answer-first"))
+    reply = grounded.parse(bound.text)
+    assert "[" not in bound.text and "]" not in bound.text, bound.text
+    assert reply.not_found or reply.answer, bound.text
+    if bound.finish_reason == "stop":  # complete: every quote is a whole sentence of the sources
+        assert all(q in sentences for q in reply.quotes), bound.text

@@ -184,7 +184,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     t0 = time.perf_counter()
     grammar = protocol.grammar(prompt_.passages) if accepts(generator.generate, "grammar") else None
     result = _generate(generator, prompt_.messages, budget, temperature, grammar, stream.feed)
-    reading = protocol.read(result.text, prompt_.passages, question)
+    reading = protocol.read(result.text, prompt_.passages, question, truncated=result.finish_reason == "length")
     rejected, attempts = [], 1
     if reading.problem and protocol.name != "raft" and not (protocol.name == "rag" and stream.streamed_content):
         # once more: a grounded reply is asked again as a direct answer whose support ragtune locates (a
@@ -210,7 +210,8 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         attempts = 2
         result.completion_tokens += retry.completion_tokens
         result.text, result.finish_reason = retry.text, retry.finish_reason
-        reading = protocol_for_reading.read(retry.text, prompt_.passages, question)
+        reading = protocol_for_reading.read(retry.text, prompt_.passages, question,
+                                            truncated=retry.finish_reason == "length")
         if reading.problem:
             rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=None,

@@ -75,7 +75,7 @@ class GroundedProtocol:
                      and not s.text.startswith(("#", "|"))] or [s.text for p in passages for s in p.sentences]
         return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, spans=self.spans, mode=self.mode)
 
-    def read(self, text: str, passages, question: str) -> Reading:
+    def read(self, text: str, passages, question: str, *, truncated: bool = False) -> Reading:
         if self.mode == "locate":  # the reply is the answer; ragtune finds the sentence that holds it
             text = f"{grounded.ANSWER_PREFIX}{text.strip()}"
         reply = grounded.parse(text)
@@ -88,6 +88,8 @@ class GroundedProtocol:
         if reply.not_found:
             reading.not_found = True
             return reading
+        if truncated and reply.quotes and not quote_sources(reply.quotes[-1], texts):
+            reply.quotes.pop()  # cut by the token budget mid-quote: not an invented one
         for quote in reply.quotes:
             where = quote_sources(quote, texts)
             if where:
@@ -178,7 +180,7 @@ class PlainProtocol:
     def retry(self) -> None:
         return None
 
-    def read(self, text: str, passages, question: str) -> Reading:
+    def read(self, text: str, passages, question: str, *, truncated: bool = False) -> Reading:
         reading = Reading(text.strip())
         reason = grounded.empty_reason(reading.answer, question)
         # a bare "[1]" or the question repeated is no answer; anything else is checked sentence by sentence
@@ -212,7 +214,7 @@ class RaftProtocol:
     def retry(self) -> None:
         return None
 
-    def read(self, text: str, passages, question: str) -> Reading:
+    def read(self, text: str, passages, question: str, *, truncated: bool = False) -> Reading:
         from ..raft.prompt import ANSWER_TAG, check_quotes, final_answer
 
         check = check_quotes(text, [p.text for p in passages])
