@@ -14,7 +14,7 @@ import inspect
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         timings["total_s"] = timings["retrieve_s"]
         return Answer(question, NOT_FOUND_ANSWER, None, CitationCheck(), False, score, timings, query,
                       protocol=protocol.name, bare=NOT_FOUND_ANSWER)
-    passages = choose_passages(protocol, question, hits, select, embedder, kb_lock)
+    passages = choose_passages(protocol, question, hits, select)
     budget = max_new_tokens + quote_budget(protocol, passages, generator)
     history = [] if protocol.name == "raft" else list(history or [])  # RAFT: single turn, as trained
     templates_ = protocol.templates()
@@ -187,31 +187,12 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     reading = protocol.read(result.text, prompt_.passages, question, truncated=result.finish_reason == "length")
     rejected, attempts = [], 1
     if reading.problem and protocol.name != "raft" and not (protocol.name == "rag" and stream.streamed_content):
-        # once more: a grounded reply is asked again as a direct answer whose support ragtune locates (a
-        # small model told "that cannot stand" in a new turn tends to copy the telling); the plain prompt
-        # is told what was wrong
         rejected.append({"reply": result.text.strip(), "reason": reading.problem})
-        log.debug("retrying: %s", reading.problem)
-        again = protocol.retry()
-        if again is not None:
-            retry_prompt = build_prompt(question, hits, generator, templates=replace(again.templates(), system=templates_.system)
-                                        if system else again.templates(), max_new_tokens=budget,
-                                        history=again.example_turns() + history, passages=passages)
-            messages = retry_prompt.messages
-            retry_grammar = again.grammar(retry_prompt.passages) if grammar else None
-            protocol_for_reading = again
-        else:
-            messages = prompt_.messages + [
-                {"role": "assistant", "content": result.text.strip()},
-                {"role": "user", "content": f"That reply cannot stand: {reading.problem}. Answer again from the "
-                 f"sources, in their words, or say that they do not answer it."}]
-            retry_grammar, protocol_for_reading = grammar, protocol
-        retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
+        retry, reading = _retry(protocol, reading, question, hits, generator, prompt_, passages, history,
+                                templates_.system if system else None, budget, temperature, grammar)
         attempts = 2
         result.completion_tokens += retry.completion_tokens
         result.text, result.finish_reason = retry.text, retry.finish_reason
-        reading = protocol_for_reading.read(retry.text, prompt_.passages, question,
-                                            truncated=retry.finish_reason == "length")
         if reading.problem:
             rejected.append({"reply": retry.text.strip(), "reason": reading.problem})
     timings.update(generate_s=round(time.perf_counter() - t0, 3), total_s=None,
@@ -227,6 +208,30 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     return answer
 
 
+def _retry(protocol, reading: Reading, question: str, hits, generator, prompt: Prompt, passages, history,
+           system: str | None, budget: int, temperature: float, grammar):
+    """Ask once more: a grounded reply as a direct answer whose support ragtune locates (a small
+    model told "that cannot stand" in a new turn tends to copy the telling into its answer); a plain
+    one told what was wrong. Returns the generation and its reading."""
+    log.debug("retrying: %s", reading.problem)
+    again = protocol.retry()
+    if again is not None:
+        templates = again.templates()
+        retry_prompt = build_prompt(question, hits, generator, templates=replace(templates, system=system) if system
+                                    else templates, max_new_tokens=budget, history=again.example_turns() + history,
+                                    passages=passages)
+        messages, shown = retry_prompt.messages, retry_prompt.passages
+        retry_grammar = again.grammar(shown) if grammar else None
+    else:
+        again, shown, retry_grammar = protocol, prompt.passages, grammar
+        messages = prompt.messages + [
+            {"role": "assistant", "content": reading.answer},
+            {"role": "user", "content": f"That reply cannot stand: {reading.problem}. Answer again from the "
+             f"sources, in their words, or say that they do not answer it."}]
+    retry = _generate(generator, messages, budget, temperature, retry_grammar, None)
+    return retry, again.read(retry.text, shown, question, truncated=retry.finish_reason == "length")
+
+
 def resolve_protocol(prompt: str, generator, *, templates=None, example=None, instruction=None, history_examples=None):
     from ..models.profiles import grounded_example
 
@@ -238,7 +243,7 @@ def resolve_protocol(prompt: str, generator, *, templates=None, example=None, in
                          history_examples=history_examples)
 
 
-def choose_passages(protocol, question: str, hits, select: bool | None, embedder, kb_lock):
+def choose_passages(protocol, question: str, hits, select: bool | None):
     """What the model sees of each hit: the question's sentences and their neighbours (grounded),
     or the whole chunk (rag; raft exactly as trained)."""
     if not (protocol.selects_sentences if select is None else select) or protocol.name == "raft":
@@ -336,7 +341,3 @@ def best_passage(prompt: Prompt, question: str) -> dict | None:
     return {"n": 1, "doc_id": hit.doc_id, "source": hit.source, "title": hit.title, "chunk_id": hit.chunk_id,
             "start": hit.start + first.start, "end": hit.start + last.end,
             "text": " ".join(s.text for s in passage.sentences)}
-
-
-def citation_dicts(answer: Answer) -> list[dict]:
-    return [asdict(c) for c in answer.check.citations]
