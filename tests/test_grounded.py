@@ -176,3 +176,9 @@ def test_on_llamacpp_the_grammar_makes_a_bare_marker_impossible(smollm2):
     assert reply.not_found or reply.answer, bound.text
     if bound.finish_reason == "stop":  # complete: every quote is a whole sentence of the sources
         assert all(q in sentences for q in reply.quotes), bound.text
+
+
+def test_an_identifier_made_of_question_words_is_still_an_answer():
+    question = "Which environment variable does Lua 5.2 check first for the module search path?"
+    assert grounded.empty_reason("LUA_PATH_5_2", question) is None
+    assert grounded.empty_reason("the module search path", question) == "the answer adds no word to the question"

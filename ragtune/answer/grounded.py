@@ -194,6 +194,12 @@ def entities(text: str) -> list[str]:
     return list(dict.fromkeys(e for e in found if e))
 
 
+def _words(text: str) -> set[str]:
+    """Whitespace-separated words, lowered, without surrounding punctuation: an identifier such as
+    LUA_PATH_5_2 stays one word (the question's "Lua 5.2 ... path" does not already say it)."""
+    return {w.strip(".,;:!?\"'()`*").lower() for w in text.split()} - {""}
+
+
 def _tokens(text: str) -> set[str]:
     return {t.lower() for t in TOKEN.findall(text)}
 
@@ -273,6 +279,6 @@ def empty_reason(answer: str, question: str) -> str | None:
         return "the answer repeats the question"
     if YES_NO.match(plain):
         return None
-    if not (content_words(plain) - content_words(question)) and not (_tokens(plain) - _tokens(question)):
+    if not (content_words(plain) - content_words(question)) and not (_words(plain) - _words(question)):
         return "the answer adds no word to the question"
     return None
