@@ -66,15 +66,15 @@ def serve(
     if model or per_model:
         if lora and model and len(model) > 1:
             raise ConfigError("--lora applies to one model; give one --model with it, or list models in --config")
-        if not model:
-            from ..models.profiles import answer_model
-
-            default, note = answer_model(None)
-            err.print(f"[dim]{note}[/]", highlight=False)
-            model = [default]
-        overrides["models"] = [build(ModelSettings, {"model": name, **per_model}, "--model").model_dump()
-                               for name in model]
+        specs = [{"model": name, **per_model} for name in model] if model else [per_model]  # no --model: the best
+        overrides["models"] = [build(ModelSettings, spec, "--model").model_dump() for spec in specs]
     settings = load_settings(config, overrides)
+    if not model:
+        from ..models.profiles import answer_model
+
+        default, note = answer_model(None)
+        if any(spec.model == default for spec in settings.models):
+            err.print(f"[dim]{note}[/]", highlight=False)
 
     from .app import create_app
     from .server import run
