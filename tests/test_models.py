@@ -81,3 +81,16 @@ def test_gguf_is_converted_once_then_loads_from_cache(tmp_path):
     assert "Paris" in answer
     # a local model directory is accepted wherever a name is
     assert resolve_model_dir(str(first)) == first
+
+
+def test_the_default_answering_model_is_the_best_installed_by_measured_quality():
+    from ragtune.models.profiles import answer_model, best_chat_model
+    from ragtune.models.registry import registered_models
+
+    measured = [s for s in registered_models() if s.kind == "chat" and s.answer_quality is not None and s.installed]
+    name, why = best_chat_model()
+    if measured:
+        assert name == max(measured, key=lambda s: s.answer_quality).name and "right and cited" in why
+    assert answer_model("SmolLM2-135M-Instruct") == ("SmolLM2-135M-Instruct", None)  # a named model needs no note
+    chosen, note = answer_model(None)
+    assert chosen == name and note.startswith(f"answering with {name}") and "\n" not in note

@@ -28,7 +28,7 @@ def server(tmp_path_factory, embedder):
     from ragtune.kb import KnowledgeBase
     from ragtune.serve.app import create_app
     from ragtune.serve.server import BackgroundServer
-    from ragtune.serve.settings import ServeSettings
+    from ragtune.serve.settings import ModelSettings, ServeSettings
     from ragtune.serve.state import ServeState
 
     root = tmp_path_factory.mktemp("serve-ui")
@@ -40,7 +40,8 @@ def server(tmp_path_factory, embedder):
         kb._embedder = embedder
         kb.ingest([docs])
     write_runs(root / "kb" / "runs.db", root / "eval.jsonl")
-    settings = ServeSettings(api_keys=[KEY], threads=1, slots=2, queue=4, max_tokens=48, k=3)
+    settings = ServeSettings(api_keys=[KEY], threads=1, slots=2, queue=4, max_tokens=48, k=3,
+                             models=[ModelSettings(model="SmolLM2-135M-Instruct")])  # pinned for speed
     state = ServeState.open([root / "kb"], settings, embedder=embedder)
     with BackgroundServer(create_app(state)) as running:
         yield running

@@ -182,7 +182,8 @@ def test_cli_serve_starts_answers_and_stops(tmp_path, make_kb):
 
     port = free_port()
     env = dict(os.environ, RAGTUNE_API_KEYS=KEY, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([*RAGTUNE, "serve", str(kb.path), "--port", str(port), "--threads", "1"],
+    process = subprocess.Popen([*RAGTUNE, "serve", str(kb.path), "--port", str(port), "--threads", "1",
+                                "--model", "SmolLM2-135M-Instruct"],  # pinned for speed
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120

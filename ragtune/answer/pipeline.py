@@ -204,7 +204,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         answer = finish(question, query, protocol.name, prompt_, reading, result, score, timings, rejected,
                         strict=strict, embedder=embedder)
     timings.update(check_s=round(time.perf_counter() - t0, 3), total_s=round(time.perf_counter() - started, 3))
-    stream.final(answer.answer if protocol.name == "grounded" else None)
+    stream.final(answer.answer)  # grounded: the checked answer; others: only when nothing streamed as content
     return answer
 
 
