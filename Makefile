@@ -53,6 +53,7 @@ bench: $(DEVSTAMP)
 	$(BIN)/python bench/demo_models.py
 	$(BIN)/python bench/citation_check.py
 	$(BIN)/python bench/rag_qa.py --limit 100
+	$(BIN)/python bench/grounded_qa.py --sets docs,lua
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/pubmedqa.py
 
