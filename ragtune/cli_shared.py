@@ -30,7 +30,7 @@ TIMEOUT_OPTION = typer.Option(120.0, "--timeout", help="Seconds to wait for an e
 BACKEND_OPTION = typer.Option("auto", "--backend", help="Local runtime: auto (llama.cpp for GGUF models where it is installed, else transformers), llamacpp or transformers.")
 LORA_OPTION = typer.Option(None, "--lora", help="A GGUF LoRA adapter (`ragtune export RUN --gguf-adapter`) applied over --model on llama.cpp.")
 WORKED_EXAMPLE_OPTION = typer.Option(None, "--worked-example/--no-worked-example", help="Show the model one worked question and answer first (default: the model's measured profile).")
-PROMPT_OPTION = typer.Option("auto", "--prompt", help="auto (grounded for local models, rag for endpoints), grounded (quote the answering sentence, then answer; quotes verified, the citation is the quote's source), rag (answer citing sources as \\[n]) or raft (a RAFT-trained --model in its training prompt).")
+PROMPT_OPTION = typer.Option("auto", "--prompt", help="auto (the model's measured profile: grounded for Qwen, rag for SmolLM2 and endpoints), grounded (answer, then the quoted sentence that says it; quotes verified, the citation is the sentence holding the answer), rag (answer citing sources as \\[n]) or raft (a RAFT-trained --model in its training prompt).")
 STRICT_OPTION = typer.Option(False, "--strict", help="Drop answer sentences that no given source supports.")
 WEIGHT_FORMAT_OPTION = typer.Option("auto", "--weight-format", help="llama.cpp weights: auto (the type measured fastest on this CPU, once), source (as shipped), Q4_0, Q8_0, F16, BF16 or F32.")
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from $OPENAI_API_KEY or --api-key-env).")

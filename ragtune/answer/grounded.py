@@ -1,18 +1,18 @@
-"""The grounded reading protocol: copy the sentence that answers, then answer from it.
+"""The grounded reading protocol: answer, then copy the sentence that says it.
 
 Why: a 0.1-0.5B model asked to "answer and cite [n]" loses answers retrieval found (a bare "[1]",
-the question repeated, a citation one source off). Copying first is what RAFT trains a model to do,
-and on llama.cpp the copy can be enforced: the grammar built here admits as a quote only a sentence
-of the sources given (so a quote is verbatim by construction and its source, hence the citation, is
-known), then `Answer:` and a line that cannot be a citation marker. Backends without grammars
-(transformers, endpoints) get the same prompt; their quotes are verified after the fact.
+the question repeated, a citation one source off). Here the model answers and then quotes the
+sentence it answered from; on llama.cpp the grammar built here admits as a quote only a sentence of
+the sources given (so a quote is verbatim by construction and its source is known) and keeps
+citation markers out of the answer. Backends without grammars (transformers, endpoints) get the
+same prompt; their quotes are verified after the fact. ragtune then cites the sentence that holds
+the answer (protocols.py).
 
-The reply shape:
-    Quote: <a sentence of one source, verbatim>
-    (up to two more Quote: lines)
+The reply shape (mode "answer-first", measured best; "quote-first" and "locate", a bare answer whose
+support ragtune finds, are the measured alternative and the retry):
     Answer: <the answer>
+    Quote: <a sentence of one source, verbatim>   (up to MAX_QUOTES lines)
 or, when no source answers:
-    Quote: none
     Answer: not found in the sources
 """
 
@@ -35,7 +35,6 @@ NOT_FOUND_REPLY = "not found in the sources"
 MAX_QUOTES = 3
 MAX_ANSWER_CHARS = 400
 
-MODES = ("quote-first", "answer-first", "locate")
 SYSTEMS = {
     "quote-first": (
         "You answer questions using only the numbered sources. First copy, word for word, the sentence of a "
@@ -50,7 +49,6 @@ SYSTEMS = {
         "You answer questions using only the numbered sources, in their words. Answer briefly. If no source "
         f"answers, reply '{NOT_FOUND_REPLY}'."),
 }
-SYSTEM = SYSTEMS["quote-first"]
 QUESTION = "Sources:\n\n{sources}\n\nQuestion: {question}"
 EXAMPLE_SOURCES = (
     ("Lighthouses", "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson.\n"
@@ -63,7 +61,6 @@ EXAMPLE_ANSWER = "Robert Stevenson built it in 1828."
 EXAMPLE_REPLIES = {"quote-first": f"{QUOTE_PREFIX}{EXAMPLE_QUOTE}\n{ANSWER_PREFIX}{EXAMPLE_ANSWER}",
                    "answer-first": f"{ANSWER_PREFIX}{EXAMPLE_ANSWER}\n{QUOTE_PREFIX}{EXAMPLE_QUOTE}",
                    "locate": EXAMPLE_ANSWER}
-EXAMPLE_REPLY = EXAMPLE_REPLIES["quote-first"]
 
 
 def gbnf_literal(text: str) -> str:
@@ -74,20 +71,14 @@ def gbnf_literal(text: str) -> str:
 
 
 def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quotes: int = MAX_QUOTES,
-                  answer_chars: int = MAX_ANSWER_CHARS,
-                  spans: bool = False, mode: str = "quote-first") -> str:
+                  answer_chars: int = MAX_ANSWER_CHARS, mode: str = "answer-first") -> str:
     """GBNF for the reply: 1..max_quotes quotes, each one of `sentences` exactly, then the answer.
 
     The answer may not contain '[' or ']' (no citation markers: ragtune adds the citation), must
     start with a letter or digit, and is one line of at most `answer_chars` characters (a small model
-    caught in a loop would otherwise repeat a list to the token limit). With `spans`,
-    a quote may be any run of 3+ consecutive words of a sentence, not only a whole one.
+    caught in a loop would otherwise repeat a list to the token limit).
     """
-    span_rules: list[str] = []
-    if spans:
-        alternatives = " | ".join(_span_rules(i, s, span_rules) for i, s in enumerate(dict.fromkeys(sentences))) or '"-"'
-    else:
-        alternatives = " | ".join(gbnf_literal(s) for s in dict.fromkeys(sentences)) or '"-"'
+    alternatives = " | ".join(gbnf_literal(s) for s in dict.fromkeys(sentences)) or '"-"'
     repeat = ""
     for _ in range(max_quotes - 1):
         repeat = f'( "\\n" quote {repeat})?'
@@ -101,21 +92,9 @@ def quote_grammar(sentences: list[str], *, allow_not_found: bool = True, max_quo
             f' | "{QUOTE_PREFIX}{NO_QUOTE}\\n{ANSWER_PREFIX}{NOT_FOUND_REPLY}" "\\n"?' if allow_not_found else "")
     lines = [top,
         f'quote ::= "{QUOTE_PREFIX}" sentence',
-        f"sentence ::= {alternatives}", *span_rules]
+        f"sentence ::= {alternatives}"]
     lines += ['answer ::= [a-zA-Z0-9\\u00C0-\\uFFFF`"\'(*] [^\\n\\[\\]]{0,%d}' % max(answer_chars - 1, 1)]
     return "\n".join(lines) + "\n"
-
-
-def _span_rules(i: int, sentence: str, rules: list[str]) -> str:
-    """Rules for the runs of 3+ words of sentence `i` (linear in its length: each word's rule may go
-    on to the next word's); returns the alternatives that start a run."""
-    words = sentence.split(" ")
-    if len(words) < 4:
-        return gbnf_literal(sentence)
-    for k in range(len(words) - 1, -1, -1):
-        rest = f' ( " " s{i}w{k + 1} )?' if k < len(words) - 1 else ""
-        rules.append(f"s{i}w{k} ::= {gbnf_literal(words[k])}{rest}")
-    return " | ".join(f'{gbnf_literal(words[k] + " " + words[k + 1] + " ")} s{i}w{k + 2}' for k in range(len(words) - 2))
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """How a model is asked to answer from sources, and how its reply is read: the pipeline's one hook
 for what really differs between prompt styles.
 
-* `grounded` (the default for local models): quote the answering sentence, then answer; a grammar on
-  llama.cpp makes the quote verbatim; the citation is the quote's source. answer/grounded.py.
+* `grounded` (the default for local models measured to gain from it): answer, then quote the sentence
+  that says it; a grammar on llama.cpp makes the quote verbatim; the citation is the source of the
+  sentence that holds the answer. answer/grounded.py.
 * `rag`: the plain prompt, "answer and cite [n]"; the citations are checked for support afterwards.
 * `raft`: a RAFT-trained model's own prompt (documents wrapped as in training, quotes between
   ##begin_quote## and ##end_quote##, the answer after <ANSWER>:); raft/prompt.py.
@@ -45,9 +46,9 @@ class GroundedProtocol:
     selects_sentences = True  # the passages shown are the question's sentences and their neighbours
 
     def __init__(self, *, example: bool = True, instruction: str | None = None, allow_not_found: bool = True,
-                 spans: bool = False, mode: str = "answer-first"):
+                 mode: str = "answer-first"):
         self.example, self.instruction = example, instruction
-        self.allow_not_found, self.spans, self.mode = allow_not_found, spans, mode
+        self.allow_not_found, self.mode = allow_not_found, mode
         # streaming: the quotes before the answer are reasoning; a `locate` reply is all answer
         self.answer_tag = None if mode == "locate" else grounded.ANSWER_PREFIX.strip()
 
@@ -73,7 +74,7 @@ class GroundedProtocol:
         # a heading or a two-word fragment is no evidence: only sentences of 3+ words may be quoted
         sentences = [s.text for p in passages for s in p.sentences if len(s.text.split()) >= 3
                      and not s.text.startswith(("#", "|"))] or [s.text for p in passages for s in p.sentences]
-        return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, spans=self.spans, mode=self.mode)
+        return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, mode=self.mode)
 
     def read(self, text: str, passages, question: str, *, truncated: bool = False) -> Reading:
         if self.mode == "locate":  # the reply is the answer; ragtune finds the sentence that holds it

@@ -32,7 +32,7 @@ def serve(
     worked_example: Optional[bool] = typer.Option(None, "--worked-example/--no-worked-example", help="Show the model one worked cited answer first."),
     system_template: Optional[str] = typer.Option(None, "--system-template", help="File with the system prompt (e.g. a RAFT model's own)."),
     question_template: Optional[str] = typer.Option(None, "--question-template", help="File with the user prompt ({sources}, {question})."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="auto (default: grounded for local models, rag for endpoints), grounded (quote the answering sentence, then answer), rag (cite sources as [n]) or raft (a RAFT-trained --model: its training prompt, quotes verified, the answer after <ANSWER>:)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="auto (default: the model's measured profile; rag for endpoints), grounded (answer, then the quoted sentence that says it), rag (cite sources as [n]) or raft (a RAFT-trained --model: its training prompt, quotes verified, the answer after <ANSWER>:)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Drop answer sentences that no given source supports."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Answer with an OpenAI-compatible endpoint instead of a local model."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable with the endpoint's key."),
