@@ -307,3 +307,51 @@ def test_a_trial_falling_behind_is_pruned_at_validation():
     with pytest.raises(optuna.TrialPruned):
         callback.on_evaluate(None, SimpleNamespace(global_step=4), None, metrics={"eval_loss": 2.0})
     assert study.trials[0].intermediate_values == {2: 0.5, 4: 2.0}
+
+
+def test_logits_only_at_trained_positions_give_the_same_loss_and_gradients():
+    """The trainer projects onto the vocabulary only the positions a label trains (answers are a
+    few tokens of a long RAFT prompt): loss and every gradient must equal the full projection's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.finetune.trainer import trained_positions, weighted_token_loss
+    from ragtune.models.cache import resolve_model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir("SmolLM2-135M-Instruct"), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 40), generator=generator)
+    labels = torch.full_like(ids, -100)
+    labels[0, 30:36], labels[1, 20:25] = ids[0, 30:36], ids[1, 20:25]  # different spans per example
+    weight = torch.tensor([1.0, 3.0])
+
+    def loss_and_gradient(positions):
+        model.zero_grad()
+        logits = model(input_ids=ids, **({} if positions is None else {"logits_to_keep": positions})).logits
+        loss = weighted_token_loss(logits, labels, weight, None, positions)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), logits.shape
+
+    positions = trained_positions(labels)
+    assert positions.tolist() == list(range(19, 24)) + list(range(29, 35))
+    full_loss, full_gradient, full_shape = loss_and_gradient(None)
+    kept_loss, kept_gradient, kept_shape = loss_and_gradient(positions)
+    assert kept_shape[1] == 11 and full_shape[1] == 40
+    assert kept_loss == pytest.approx(full_loss, rel=1e-6)
+    assert torch.allclose(kept_gradient, full_gradient, rtol=1e-5, atol=1e-7)
+
+
+def test_lora_layers_adapt_only_the_top_blocks(tmp_path):
+    from ragtune.finetune.modeling import build_causal_lm
+    from ragtune.finetune.recipe import validate_recipe
+    from ragtune.models.cache import resolve_model_dir
+
+    data = write_codes(tmp_path / "codes.jsonl")
+    model_dir = resolve_model_dir("SmolLM2-135M-Instruct")
+    recipe = validate_recipe({"method": "lora", "data": {"train": str(data)}, "lora": {"layers": 2}})
+    model = build_causal_lm(recipe, model_dir)
+    depth = model.config.num_hidden_layers
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {depth - 2, depth - 1}
+    with pytest.raises(ConfigError, match="lora.layers is 99 .* at most 30"):
+        build_causal_lm(validate_recipe({"method": "lora", "data": {"train": str(data)}, "lora": {"layers": 99}}), model_dir)

@@ -162,7 +162,7 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         score = relevance(kb, query or question, hits) if protocol.name != "raft" else 1.0
     timings = {"retrieve_s": round(time.perf_counter() - started, 3)}
     stream = AnswerStream(on_text=on_text, on_event=on_event, tag=protocol.answer_tag,
-                          hold_content=protocol.name == "grounded")
+                          hold_content=protocol.grounded)
     if score < min_relevance:
         if on_ready:
             on_ready()
@@ -170,15 +170,10 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
         timings["total_s"] = timings["retrieve_s"]
         return Answer(question, NOT_FOUND_ANSWER, None, CitationCheck(), False, score, timings, query,
                       protocol=protocol.name, bare=NOT_FOUND_ANSWER)
-    passages = choose_passages(protocol, question, hits, select)
-    budget = max_new_tokens + quote_budget(protocol, passages, generator)
     history = [] if protocol.name == "raft" else list(history or [])  # RAFT: single turn, as trained
-    templates_ = protocol.templates()
-    if system:
-        templates_ = replace(templates_, system=f"{templates_.system}\n\n{system}")
-    prompt_ = build_prompt(query if protocol.name == "raft" and query else question, hits, generator,
-                           templates=templates_, max_new_tokens=budget,
-                           history=protocol.example_turns() + history, passages=passages)
+    prompt_, passages, budget, templates_ = prepare(protocol, question, hits, generator, select=select,
+                                                    max_new_tokens=max_new_tokens, history=history, system=system,
+                                                    query=query)
     if on_ready:
         on_ready()
     t0 = time.perf_counter()
@@ -206,6 +201,23 @@ def ask(kb, question: str, generator, *, k: int = 5, mode: str = "hybrid", filte
     timings.update(check_s=round(time.perf_counter() - t0, 3), total_s=round(time.perf_counter() - started, 3))
     stream.final(answer.answer)  # grounded: the checked answer; others: only when nothing streamed as content
     return answer
+
+
+def prepare(protocol, question: str, hits, generator, *, select: bool | None = None, max_new_tokens: int = 256,
+            history: list[dict] | None = None, system: str | None = None, query: str | None = None):
+    """The prompt a protocol shows for `question` over `hits`: (prompt, passages, token budget,
+    templates). A reader adapter's training examples are built here too (raft/reader.py), so the
+    reader is trained on exactly the prompt it will be asked in. `generator` needs only
+    `count_tokens`, `context_window` and `name`."""
+    passages = choose_passages(protocol, question, hits, select)
+    budget = max_new_tokens + quote_budget(protocol, passages)
+    templates = protocol.templates()
+    if system:
+        templates = replace(templates, system=f"{templates.system}\n\n{system}")
+    prompt = build_prompt(query if protocol.name == "raft" and query else question, hits, generator,
+                          templates=templates, max_new_tokens=budget,
+                          history=protocol.example_turns() + list(history or []), passages=passages)
+    return prompt, passages, budget, templates
 
 
 def _retry(protocol, reading: Reading, question: str, hits, generator, prompt: Prompt, passages, history,
@@ -247,14 +259,14 @@ def choose_passages(protocol, question: str, hits, select: bool | None):
     """What the model sees of each hit: the question's sentences and their neighbours (grounded),
     or the whole chunk (rag; raft exactly as trained)."""
     if not (protocol.selects_sentences if select is None else select) or protocol.name == "raft":
-        return [sentence_selection.whole(hit, raw=protocol.name != "grounded") for hit in hits]
+        return [sentence_selection.whole(hit, raw=not protocol.grounded) for hit in hits]
     return [sentence_selection.select(hit, question) for hit in hits]
 
 
-def quote_budget(protocol, passages, generator) -> int:
+def quote_budget(protocol, passages) -> int:
     """Tokens the quotes may take before the answer (grounded: its longest sentences, as many as
     a reply may quote), so that `max_new_tokens` stays the answer's own budget."""
-    if protocol.name != "grounded":
+    if not protocol.grounded:
         return 0
     from .grounded import MAX_QUOTES
 
@@ -276,7 +288,7 @@ def finish(question, query, protocol: str, prompt: Prompt, reading: Reading, res
     common = dict(query=query, protocol=protocol, reasoning=reading.reasoning, rejected=rejected, invented=reading.invented,
                   finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                   completion_tokens=result.completion_tokens)
-    if reading.not_found or (reading.problem and protocol == "grounded"):
+    if reading.not_found or (reading.problem and protocol in ("grounded", "reader")):
         return Answer(question, NOT_FOUND_ANSWER, prompt, CitationCheck(), False, score, timings,
                       best_passage=best_passage(prompt, question), bare=NOT_FOUND_ANSWER, **common)
     text = collapse_loops(reading.answer)

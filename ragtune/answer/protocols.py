@@ -5,6 +5,8 @@ for what really differs between prompt styles.
   that says it; a grammar on llama.cpp makes the quote verbatim; the citation is the source of the
   sentence that holds the answer. answer/grounded.py.
 * `rag`: the plain prompt, "answer and cite [n]"; the citations are checked for support afterwards.
+* `reader`: the grounded protocol without its worked example, for a model carrying a reader adapter
+  trained on exactly this prompt and reply shape (`ragtune raft reader`, raft/reader.py).
 * `raft`: a RAFT-trained model's own prompt (documents wrapped as in training, quotes between
   ##begin_quote## and ##end_quote##, the answer after <ANSWER>:); raft/prompt.py.
 
@@ -21,7 +23,7 @@ from . import grounded
 from .prompt import Templates
 from .sentences import introduced, split_with_offsets
 
-PROTOCOLS = ("grounded", "rag", "raft")
+PROTOCOLS = ("grounded", "reader", "rag", "raft")
 
 
 @dataclass
@@ -43,6 +45,7 @@ def quote_sources(quote: str, texts: list[str]) -> list[int]:
 
 class GroundedProtocol:
     name = "grounded"
+    grounded = True  # answer + verbatim quote: the grammar, the checks and "not found" on a reply that cannot stand
     selects_sentences = True  # the passages shown are the question's sentences and their neighbours
 
     def __init__(self, *, example: bool = True, instruction: str | None = None, allow_not_found: bool = True,
@@ -162,6 +165,7 @@ class PlainProtocol:
     """"Answer and cite [n]": the citations are the model's, checked for support by the pipeline."""
 
     name = "rag"
+    grounded = False
     selects_sentences = False
     answer_tag = None
 
@@ -193,6 +197,7 @@ class RaftProtocol:
     """A RAFT-trained model in its training prompt: whole documents, no worked example, single turn."""
 
     name = "raft"
+    grounded = False
     selects_sentences = False
     answer_tag = None  # set in __init__ (the raft module is imported lazily)
 
@@ -229,12 +234,24 @@ class RaftProtocol:
         return reading
 
 
+class ReaderProtocol(GroundedProtocol):
+    """The grounded protocol as a reader adapter was trained on it: no worked example (the adapter
+    learned the reply shape, and the example's ~150 prompt tokens are saved on every question)."""
+
+    name = "reader"
+
+    def __init__(self, *, instruction: str | None = None, mode: str = "answer-first"):
+        super().__init__(example=False, instruction=instruction, mode=mode)
+
+
 def make_protocol(name: str, *, templates: Templates | None = None, example: bool = True,
                   instruction: str | None = None, history_examples: list[dict] | None = None):
     from ..errors import ConfigError
 
     if name == "grounded":
         return GroundedProtocol(example=example, instruction=instruction)
+    if name == "reader":
+        return ReaderProtocol(instruction=instruction)
     if name == "rag":
         from dataclasses import replace
 

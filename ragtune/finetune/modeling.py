@@ -69,8 +69,13 @@ def build_causal_lm(recipe, model_dir):
         if recipe.method == "qlora":
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.training.gradient_checkpointing)
         spec = recipe.lora
+        depth = model.config.num_hidden_layers
+        if spec.layers is not None and spec.layers > depth:
+            raise ConfigError(f"lora.layers is {spec.layers} but {recipe.model} has {depth} transformer blocks; "
+                              f"set lora.layers to at most {depth}, or remove it to adapt every block")
+        top = {} if spec.layers is None else {"layers_to_transform": list(range(depth - spec.layers, depth))}
         config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, task_type="CAUSAL_LM",
-                                 target_modules=spec.target_modules)
+                                 target_modules=spec.target_modules, **top)
         try:
             model = peft.get_peft_model(model, config)
         except ValueError as exc:

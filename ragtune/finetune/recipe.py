@@ -84,6 +84,9 @@ class LoraSpec(_Strict):
     dropout: float = Field(0.05, ge=0, lt=1)
     # "all-linear" (PEFT's shorthand) or explicit module names such as [q_proj, v_proj]
     target_modules: Union[Literal["all-linear"], list[str]] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # adapters only in the top N transformer blocks (None: all): backward then stops at the lowest
+    # adapted block, so training costs about forward + N/depth of a backward pass
+    layers: Optional[int] = Field(None, ge=1)
 
 
 class FreezeSpec(_Strict):
