@@ -18,8 +18,9 @@ retry) and measures, with SQuAD normalisation (`ragtune.evaluate.qa.normalize_an
   total seconds (p50), attempts (mean: 2 means the pipeline retried).
 Sets with several question kinds (docs categories, HotpotQA bridge/comparison) are broken down by kind.
 
-Variants: plain (prompt=rag), plain+example (rag with its worked example), grounded (select=False)
-and grounded+select; `--example on|off|profile` sets the grounded variants' worked example
+Variants: plain (prompt=rag), plain+example (rag with its worked example), grounded (select=False),
+grounded+select, and reader (the grounded prompt without its example, over a reader adapter trained
+by `ragtune raft reader`: --reader ADAPTER.gguf, else the KB's own); `--example on|off|profile` sets the grounded variants' worked example
 (profile: the model's registry setting).
 
 Data:
@@ -54,7 +55,8 @@ log = logging.getLogger("grounded_qa")
 MODELS = ("SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct")
 VARIANTS = {"plain": dict(prompt="rag", example=False), "plain+example": dict(prompt="rag", example=True),
             "grounded": dict(prompt="grounded", select=False, example=None),
-            "grounded+select": dict(prompt="grounded", select=True, example=None)}
+            "grounded+select": dict(prompt="grounded", select=True, example=None),
+            "reader": dict(prompt="reader", select=True)}
 COLUMNS = {"n": "n", "ceiling": "ceiling", "right": "right", "right_and_cited": "right+cited", "gap": "gap",
            "right_and_model_cited": "+cited by model", "cited_gold_doc": "+gold doc", "list_completeness": "list items",
            "not_found_on_unanswerable": "nf unanswerable", "false_not_found": "false nf",
@@ -157,6 +159,7 @@ def run(args, console) -> tuple[dict, list[dict]]:
     from ragtune.answer.pipeline import ask
     from ragtune.generate import make_generator
     from ragtune.models.registry import get_model
+    from ragtune.raft.reader import find_reader
 
     sets = {}
     for name in args.sets:
@@ -175,16 +178,26 @@ def run(args, console) -> tuple[dict, list[dict]]:
                 log.warning("skipping %s: not installed (`ragtune models pull %s`)", model, model)
                 continue
             generator = make_generator(model, threads=args.threads).load()
+            readers = {}  # a reader adapter (--reader, else the KB's own) over the same model: its own generator
             for name, (questions, kb) in sets.items():
                 for variant in args.protocols:
                     options = dict(VARIANTS[variant])
+                    answering = generator
+                    if variant == "reader":
+                        adapter = args.reader or (find_reader(kb.path, model) or {}).get("adapter")
+                        if adapter is None:
+                            log.warning("skipping reader on %s: no --reader and no reader for %s in its KB", name, model)
+                            continue
+                        if adapter not in readers:
+                            readers[adapter] = make_generator(model, threads=args.threads, lora=str(adapter)).load()
+                        answering = readers[adapter]
                     if options["prompt"] == "grounded":
                         options["example"] = example
                     task = progress.add_task(f"{name} {model} {variant}", total=len(questions))
                     rows, errors = [], 0
                     for q in questions:
                         try:
-                            result = ask(kb, q.question, generator, k=args.k, max_new_tokens=args.max_new_tokens,
+                            result = ask(kb, q.question, answering, k=args.k, max_new_tokens=args.max_new_tokens,
                                          min_relevance=args.min_relevance, **options)
                         except Exception as exc:  # one failing question must not lose a long run; it is counted
                             log.warning("%s %s %s %s failed: %s: %s", name, model, variant, q.id, type(exc).__name__, exc)
@@ -198,8 +211,9 @@ def run(args, console) -> tuple[dict, list[dict]]:
                         progress.advance(task)
                     results[name].setdefault(model, {})[variant] = {**metrics(rows), **({"errors": errors} if errors else {})}
                     records.extend(rows)
-            if hasattr(generator, "close"):
-                generator.close()
+            for loaded in (generator, *readers.values()):
+                if hasattr(loaded, "close"):
+                    loaded.close()
     for _questions, kb in sets.values():
         kb.close()
     return results, records
@@ -229,6 +243,8 @@ def main() -> None:
     parser.add_argument("--protocols", type=csv, default=list(VARIANTS), help=",".join(VARIANTS))
     parser.add_argument("--example", choices=("on", "off", "profile"), default="profile",
                         help="the grounded variants' worked example (profile: the model's registry setting)")
+    parser.add_argument("--reader", type=str, default=None,
+                        help="the reader variant's adapter (.gguf; default: the reader `ragtune raft reader` put in each KB)")
     parser.add_argument("--limit", type=int, default=0, help="the first N questions of each set (0: all)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=128)

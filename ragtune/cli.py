@@ -204,21 +204,29 @@ def search(
 
 
 
-def _answer_setup(model, base_url, api_key_env, timeout, threads, system_template, question_template, backend="auto",
-                  weight_format="auto", lora=None):
+def _answer_setup(kb, prompt, model, base_url, api_key_env, timeout, threads, system_template, question_template,
+                  backend="auto", weight_format="auto", lora=None):
+    """(generator, templates, prompt): the answering model, with the knowledge base's reader adapter
+    when one is trained for it (raft/reader.py) and the prompt allows."""
     from .answer.prompt import Templates
     from .generate import make_generator
     from .models.profiles import answer_model
 
+    lora = str(lora) if lora else None
     if not base_url:
         model, note = answer_model(model)
         if note:
             err.print(f"[dim]{escape(note)}[/]")
+        if backend != "transformers":
+            from .raft.reader import reader_choice
+
+            lora, prompt, note = reader_choice(kb, model, prompt, lora)
+            if note:
+                err.print(f"[dim]{escape(note)}[/]")
     generator = make_generator(model, base_url=base_url, api_key_env=api_key_env, threads=threads, timeout=timeout,
-                               backend=backend, weight_format=weight_format,
-                               lora=str(lora) if lora else None)
+                               backend=backend, weight_format=weight_format, lora=lora)
     templates = Templates.from_files(system=system_template, question=question_template)
-    return generator, templates
+    return generator, templates, prompt
 
 
 def _check_prompt(prompt: str) -> str:
@@ -266,8 +274,8 @@ def ask(
     _check_prompt(prompt)
     if prompt == "auto" and (system_template or question_template):
         prompt = "rag"  # the user's own templates are for the plain prompt
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, system_template,
-                                         question_template, backend, weight_format, lora)
+    generator, templates, prompt = _answer_setup(kb, prompt, model, base_url, api_key_env, timeout, threads,
+                                                 system_template, question_template, backend, weight_format, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
         result = run_ask(base, question, generator, k=k, mode=mode, filters=filters, min_relevance=min_relevance,
                          max_new_tokens=max_tokens, prompt=prompt, templates=templates, example=worked_example,
@@ -302,8 +310,8 @@ def chat(
     from .kb import KnowledgeBase
 
     _check_prompt(prompt)
-    generator, templates = _answer_setup(model, base_url, api_key_env, timeout, threads, None, None, backend,
-                                         weight_format, lora)
+    generator, templates, prompt = _answer_setup(kb, prompt, model, base_url, api_key_env, timeout, threads, None,
+                                                 None, backend, weight_format, lora)
     with KnowledgeBase.open(kb, threads=threads) as base:
         session = ChatSession(base, generator, k=k, min_relevance=min_relevance, max_new_tokens=max_tokens,
                               templates=templates, prompt=prompt, strict=strict, example=worked_example)

@@ -33,7 +33,7 @@ def _check_prompt(prompt: str) -> str:
     from ..answer.protocols import PROTOCOLS
 
     if prompt not in ("auto", *PROTOCOLS) or prompt == "raft":
-        raise typer.BadParameter("must be auto, grounded or rag (RAFT models: --strategies raft+rag)", param_hint="--prompt")
+        raise typer.BadParameter("must be auto, grounded, reader or rag (RAFT models: --strategies raft+rag)", param_hint="--prompt")
     return prompt
 
 

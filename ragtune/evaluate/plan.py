@@ -53,7 +53,8 @@ class EvalPlan:
     judge: str | None = None  # a model judging faithfulness (any --model ragtune accepts)
     judge_base_url: str | None = None
     fresh: bool = False
-    prompt: str = "auto"  # how retrieval strategies ask: auto | grounded | rag (the answer pipeline's protocols)
+    # how retrieval strategies ask: auto | grounded | rag | reader (the KB's reader adapter, loaded for the model)
+    prompt: str = "auto"
 
     def check(self) -> None:
         if not self.strategies:
@@ -143,8 +144,13 @@ def _faithfulness_scorer(judge=None):
 def _generator(plan: EvalPlan, model: str):
     from ..generate import make_generator
 
+    lora = None
+    if plan.prompt == "reader" and not plan.base_url:  # the KB's reader adapter over the model (raft/reader.py)
+        from ..raft.reader import reader_choice
+
+        lora = reader_choice(plan.kb, model, "reader", None)[0]
     generator = make_generator(model, base_url=plan.base_url, threads=plan.threads, backend=plan.backend,
-                               slots=plan.concurrency, weight_format=plan.weight_format)
+                               slots=plan.concurrency, weight_format=plan.weight_format, lora=lora)
     if hasattr(generator, "load"):
         generator.load()  # loaded before timing starts, so the first answer's latency is not the model load
     return generator

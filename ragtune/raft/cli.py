@@ -96,3 +96,58 @@ def _print_summary(out_dir: Path, manifest: dict) -> None:
     if manifest["tokens"]["suggested_max_length"]:
         out.print(f"train with data.max_length >= {manifest['tokens']['suggested_max_length']} "
                   f"(longest example {manifest['tokens']['max_example']} tokens)")
+
+
+@raft_app.command("reader")
+def reader(
+    kb: Path = typer.Argument(..., help="Knowledge base the reader is for; it is installed there (KB/readers/MODEL)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The packaged chat model to train a reader for (default: the one ask answers with)."),
+    mix: Optional[Path] = typer.Option(None, "--mix", help="A public QA set with passages to train on (HotpotQA: IRCoT's JSONL or the original JSON), instead of or beside --synthesize."),
+    synthesize: Optional[int] = typer.Option(None, "--synthesize", help=f"Questions the teacher writes over the knowledge base (default 80; 0 with --mix)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Model that writes the questions (default: --model)."),
+    minutes: float = typer.Option(20.0, "--minutes", help="Training time budget; training stops and saves at the first step after it."),
+    p: float = typer.Option(0.8, "--p", help="Share of examples that show the answering passage (the rest teach 'not found')."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Adapt only the top N transformer blocks (default: a third of them; faster)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many --mix questions."),
+    eval_share: float = typer.Option(0.1, "--eval-share", help="Share of questions held out (written to the work folder's eval.jsonl)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the oracle's presence and the order."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the teacher and training."),
+    as_json: bool = JSON_OPTION,
+):
+    """Train a reader adapter: the answering model taught to read sources with distractors (RAFT).
+
+    `ask`, `chat` and `serve` on this knowledge base then load it over the model (on llama.cpp) and
+    answer with `--prompt reader`, its own prompt; `--prompt grounded` still asks the model without it.
+    """
+    import contextlib
+    import time
+
+    from rich.markup import escape
+
+    from .reader import ReaderOptions, train_reader
+
+    @contextlib.contextmanager
+    def stage(text: str):
+        started = time.perf_counter()
+        with err.status(escape(text) + " ...", spinner="dots") if not as_json else contextlib.nullcontext():
+            yield
+        if not as_json:
+            err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
+
+    options = ReaderOptions(kb=kb, model=model, mix=mix, synthesize=synthesize, teacher=teacher, minutes=minutes, p=p,
+                            layers=layers, limit=limit, eval_share=eval_share, seed=seed, threads=threads)
+    meta = train_reader(options, stage=stage)
+    if as_json:
+        _emit_json(meta)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"reader for {meta['model']}: {escape(meta['adapter'])}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in meta["counts"].items():
+        table.add_row(key.replace("_", " "), str(value))
+    for key, value in meta["train"].items():
+        table.add_row(key.replace("_", " "), f"{value:.3g}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"ask, chat and serve on {escape(str(kb))} now answer with it (--prompt grounded: without it)")

@@ -145,8 +145,7 @@ def reader_example(item: ReaderItem, counter, rng: random.Random, *, p: float, s
     rng.shuffle(distractors)
     if present:
         shown = item.oracles[:sources] + distractors[:max(0, sources - len(item.oracles))]
-        if item.origin == "mix":
-            rng.shuffle(shown)  # a public set's paragraphs have no rank: the oracle may come anywhere
+        rng.shuffle(shown)  # the answer may be in any source: a reader must not learn to trust [1]
     else:
         shown = distractors[:sources]
     if not shown:

@@ -69,6 +69,7 @@ def serve(
         specs = [{"model": name, **per_model} for name in model] if model else [per_model]  # no --model: the best
         overrides["models"] = [build(ModelSettings, spec, "--model").model_dump() for spec in specs]
     settings = load_settings(config, overrides)
+    settings = _with_readers(settings, kb[0] if kb else None, err)
     if not model:
         from ..models.profiles import answer_model
 
@@ -90,3 +91,20 @@ def serve(
     err.print(f"  API keys: {len(state.keys)} configured" if state.keys.enabled else
               "  API keys: none (open to anyone who can reach this address)", highlight=False)
     run(app, settings.host, settings.port, max_connections=max_connections)
+
+
+def _with_readers(settings, kb, err):
+    """Each local model served with the first knowledge base's reader adapter where one is trained
+    for it and its prompt allows (raft/reader.py), with a note saying so."""
+    from ..raft.reader import reader_choice
+
+    models = []
+    for spec in settings.models:
+        if spec.base_url or spec.backend == "transformers":
+            models.append(spec)
+            continue
+        lora, prompt, note = reader_choice(kb, spec.model, spec.prompt, spec.lora)
+        if note:
+            err.print(f"[dim]{note}[/]", highlight=False)
+        models.append(spec.model_copy(update={"lora": lora, "prompt": prompt}))
+    return settings.model_copy(update={"models": models})

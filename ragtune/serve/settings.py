@@ -50,7 +50,8 @@ class ModelSettings(_Strict):
     question_template: str | None = None  # a file with the user prompt ({sources}, {question})
     worked_example: bool | None = None  # None: the model's measured profile
     # auto: grounded for local models, rag for endpoints; raft: a RAFT-trained model in its training prompt
-    prompt: Literal["auto", "grounded", "rag", "raft"] = "auto"
+    # reader: the grounded prompt over the KB's reader adapter (`ragtune raft reader`), used by auto when present
+    prompt: Literal["auto", "grounded", "reader", "rag", "raft"] = "auto"
     strict: bool = False  # drop answer sentences no given source supports
 
 
