@@ -58,7 +58,7 @@ def contexts(*files: Path) -> list[dict]:
 
 def as_label(prediction: str, labels: list[str]) -> str:
     """The label a prediction gives, by runner.score's rule (its normalised text starts with it)."""
-    from ragtune.evaluate.qa import normalize_answer
+    from ragtune.qa_metrics import normalize_answer
 
     text = normalize_answer(prediction)
     return next((label for label in labels if text.startswith(normalize_answer(label))), "(none)")

@@ -2,7 +2,7 @@
 
 For each installed packaged chat model, each data set and each protocol variant it asks every
 question through the real pipeline (retrieval, relevance gate, context selection, grammar, checks,
-retry) and measures, with SQuAD normalisation (`ragtune.evaluate.qa.normalize_answer`):
+retry) and measures, with SQuAD normalisation (`ragtune.qa_metrics.normalize_answer`):
 
 * ceiling: share of answerable questions whose gold answer is in the text the model was shown;
 * right: a gold answer is in the answer (`bare`; whole words of the normalised text; Lua: the regex);

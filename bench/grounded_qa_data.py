@@ -46,7 +46,7 @@ class Question:
 
 
 def contains(text: str, gold: str) -> bool:
-    from ragtune.evaluate.qa import normalize_answer
+    from ragtune.qa_metrics import normalize_answer
 
     wanted = normalize_answer(gold)
     return bool(wanted) and f" {wanted} " in f" {normalize_answer(text)} "
@@ -73,7 +73,7 @@ def lua_questions() -> list[Question]:
 def hotpot_type(question: str, golds: list[str]) -> str:
     """The IRCoT release drops HotpotQA's `type`; a comparison question is answered yes/no or by one of
     the two entities it names ("... X or Y?"), every other one is a bridge question."""
-    from ragtune.evaluate.qa import normalize_answer
+    from ragtune.qa_metrics import normalize_answer
 
     answers = {normalize_answer(g) for g in golds}
     if answers & {"yes", "no"} or (" or " in question and any(contains(question, g) for g in golds)):

@@ -42,7 +42,7 @@ def main() -> None:
     from ragtune.answer.pipeline import ask
     from ragtune.config import IngestOptions, RecordFields
     from ragtune.errors import ModelNotInstalledError
-    from ragtune.evaluate.qa import exact_match, f1
+    from ragtune.qa_metrics import exact_match, f1
     from ragtune.generate import make_generator
     from ragtune.kb import KnowledgeBase
     from ragtune.runtime import enforce_offline, set_torch_threads

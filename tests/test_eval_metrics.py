@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ragtune.evaluate import classification, significance, text_metrics
-from ragtune.evaluate.qa import exact_match, f1, hotpot_f1, normalize_answer, token_f1
+from ragtune.qa_metrics import exact_match, f1, hotpot_f1, normalize_answer, token_f1
 
 # --- QA: SQuAD normalisation and HotpotQA's yes/no rule -------------------------------------------
 

@@ -59,7 +59,7 @@ def test_parity_with_trec_eval(seed):
 
 
 def test_squad_answer_metrics():
-    from ragtune.evaluate.qa import exact_match, f1, normalize_answer
+    from ragtune.qa_metrics import exact_match, f1, normalize_answer
 
     assert normalize_answer("The  Chief of Protocol [1].") == "chief of protocol"
     assert exact_match("the Chief of Protocol [2]", ["Chief of Protocol"]) == 1.0

@@ -12,7 +12,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from .qa import exact_match, f1, normalize_answer
+from ..qa_metrics import exact_match, f1, normalize_answer
 from .strategies import CLOSED_EXAMPLE, RAG_EXAMPLE, RAG_QUESTION, SHORT, BaseStrategy, RagStrategy, first_line  # noqa: F401
 from .text_metrics import citation_scores, rouge_l
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..evaluate.qa import exact_match, f1, normalize_answer
+from ..qa_metrics import exact_match, f1, normalize_answer
 from .prompt import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, check_quotes, final_answer
 
 SUPPORT_RECALL = 0.75  # share of an answer's content words that must occur in the chunk

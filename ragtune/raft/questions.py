@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluate.qa import normalize_answer
+from ..qa_metrics import normalize_answer
 from ..ingest.record_reader import Problem, RecordReader
 from .windows import Window, WindowTable, _normal
 

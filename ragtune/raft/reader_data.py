@@ -29,7 +29,7 @@ from pathlib import Path
 from ..answer import grounded
 from ..answer.protocols import ReaderProtocol
 from ..errors import ConfigError
-from ..evaluate.qa import normalize_answer
+from ..qa_metrics import normalize_answer
 from ..ingest.record_reader import Problem, RecordReader
 from ..retrieve.hits import Hit
 

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 
-from ..evaluate.qa import normalize_answer
+from ..qa_metrics import normalize_answer
 from ..retrieve.hits import Hit
 from .reader_data import MAX_SOURCES, ReaderItem
 

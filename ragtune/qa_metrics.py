@@ -1,5 +1,7 @@
 """Answer metrics with SQuAD's normalisation (lowercase, no punctuation, no articles, single spaces).
 
+Below evaluate/ and raft/, which both score answers (raft/ checks a teacher's answer and a reader's targets).
+
 Why our own code instead of importing the official scripts: they are command-line programs that read
 whole prediction files, not importable functions. The definitions here follow them exactly:
 
