@@ -182,3 +182,15 @@ def test_an_identifier_made_of_question_words_is_still_an_answer():
     question = "Which environment variable does Lua 5.2 check first for the module search path?"
     assert grounded.empty_reason("LUA_PATH_5_2", question) is None
     assert grounded.empty_reason("the module search path", question) == "the answer adds no word to the question"
+
+
+def test_a_retry_written_in_the_answer_first_shape_is_read_as_its_answer(kb):
+    """A reader adapter (trained on "Answer: ... / Quote: ...") keeps that shape when retried in
+    the locate prompt; its "Answer:" label is the shape, not a name the sources must contain."""
+    quote = "Quote: The Zorblat-7 fusion reactor was commissioned in Tallinn in 2031."
+    model = Scripted(f"Answer: It was commissioned in Tallinn, Turkey.\n{quote}", f"Answer: In Tallinn.\n{quote}")
+    result = ask(kb, "Where was the Zorblat-7 fusion reactor commissioned?", model, prompt="reader", k=3)
+    assert result.rejected[0]["reason"] == "the quoted sources do not contain Turkey" and len(result.rejected) == 1
+    n = source_number(result, "reactor.txt")
+    assert result.answer == f"In Tallinn [{n}]." and result.protocol == "reader" and result.found
+    assert model.calls[0][0]["content"] == grounded.SYSTEMS["answer-first"] and len(model.calls[0]) == 2  # no example

@@ -63,6 +63,11 @@ EXAMPLE_REPLIES = {"quote-first": f"{QUOTE_PREFIX}{EXAMPLE_QUOTE}\n{ANSWER_PREFI
                    "locate": EXAMPLE_ANSWER}
 
 
+def labelled(text: str) -> bool:
+    """Whether a reply opens with the protocol's "Answer:" label."""
+    return text.lstrip().lower().startswith(ANSWER_PREFIX.strip().lower())
+
+
 def gbnf_literal(text: str) -> str:
     """`text` as a GBNF string literal."""
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")

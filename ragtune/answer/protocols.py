@@ -80,7 +80,9 @@ class GroundedProtocol:
         return grounded.quote_grammar(sentences, allow_not_found=self.allow_not_found, mode=self.mode)
 
     def read(self, text: str, passages, question: str, *, truncated: bool = False) -> Reading:
-        if self.mode == "locate":  # the reply is the answer; ragtune finds the sentence that holds it
+        if self.mode == "locate" and not grounded.labelled(text):
+            # the reply is the answer; ragtune finds the sentence that holds it (a reader adapter keeps
+            # its trained "Answer: ... / Quote: ..." shape even here: then it is read as that)
             text = f"{grounded.ANSWER_PREFIX}{text.strip()}"
         reply = grounded.parse(text)
         texts = [p.text for p in passages]
