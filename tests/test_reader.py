@@ -37,6 +37,24 @@ def hotpot_line(n: int, town: str) -> dict:
             "answers_objects": [{"spans": [TOWNS[town][0]]}], "contexts": contexts}
 
 
+class PairTeacher:
+    name = "pairs"
+    context_window = 4096
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def generate(self, messages, *, max_new_tokens=256, temperature=0.0, on_text=None):
+        chunk = messages[-1]["content"].split("Document:\n", 1)[1].split("\n\nWrite", 1)[0]
+        town = next(t for t in TOWNS if chunk.startswith(t))
+        mayor, goods = TOWNS[town]
+        return Generation(f"Q: Who is the mayor of {town} since 2029?\nA: {mayor}.\n"
+                          f"Q: Which goods is {town} known for?\nA: {goods}\n"
+                          f"Q: What is {town} known for?\nA: its silver spoons\n"  # invented: not in the chunk
+                          f"Q: Who is the mayor of {town} since 2029?\nA: {mayor}\n"  # a duplicate
+                          f"Q: Which town is a small harbour town called {town}?\nA: {town}")  # answer in question
+
+
 def test_examples_are_the_pipeline_prompt_with_a_verbatim_target(tmp_path):
     from ragtune.answer import grounded
     from ragtune.answer.pipeline import prepare
@@ -74,22 +92,6 @@ def test_examples_are_the_pipeline_prompt_with_a_verbatim_target(tmp_path):
 def test_teacher_pairs_must_hold_their_answer_in_the_chunk(tmp_path):
     from ragtune.raft.reader_teacher import kb_items, parse_pairs
 
-    class PairTeacher:
-        name = "pairs"
-        context_window = 4096
-
-        def count_tokens(self, text):
-            return len(text.split())
-
-        def generate(self, messages, *, max_new_tokens=256, temperature=0.0, on_text=None):
-            chunk = messages[-1]["content"].split("Document:\n", 1)[1].split("\n\nWrite", 1)[0]
-            town = next(t for t in TOWNS if chunk.startswith(t))
-            mayor, goods = TOWNS[town]
-            return Generation(f"Q: Who is the mayor of {town} since 2029?\nA: {mayor}.\n"
-                              f"Q: What is {town} known for?\nA: its silver spoons\n"  # invented: not in the chunk
-                              f"Q: Who is the mayor of {town} since 2029?\nA: {mayor}\n"  # a duplicate
-                              f"Q: Which town is a small harbour town called {town}?\nA: {town}")  # answer in question
-
     register_teacher("pairs", lambda **_: PairTeacher())
     assert parse_pairs("1. Q: Who is it?\nA: Bob.\nQ: dangling?") == [("Who is it?", "Bob")]
     kb = kb_of_texts(tmp_path, {f"{t}.txt": town_text(t) for t in TOWNS})
@@ -97,12 +99,12 @@ def test_teacher_pairs_must_hold_their_answer_in_the_chunk(tmp_path):
     from contextlib import nullcontext
 
     items, report = kb_items(tmp_path / "kb", "pairs", 4, stage=lambda _text: nullcontext())
-    assert len(items) == 4 and report["questions"] == 4
-    assert report["dropped"]["answer_not_in_chunk"] >= 4 and report["dropped"]["duplicate"] >= 4
-    assert report["dropped"]["answer_in_question"] >= 4
+    assert len(items) == 4 and report["questions"] == 4 and report["chunks_asked"] == 4  # one batch of 4 chunks
+    assert report["dropped"] == {"answer_not_in_chunk": 4, "duplicate": 4, "answer_in_question": 4}
+    assert {i.answer for i in items} <= {v for pair in TOWNS.values() for v in pair}
     for item in items:
-        town = item.question.split("mayor of ")[1].split(" since")[0]
-        assert item.answer == TOWNS[town][0] and item.oracles[0].text.startswith(town)
+        town = next(t for t in TOWNS if t in item.question)
+        assert item.answer in TOWNS[town] and item.oracles[0].text.startswith(town)
         assert item.oracles[0].chunk_id not in {h.chunk_id for h in item.distractors}
         assert item.distractors  # the KB's own retriever's other hits
 
@@ -114,6 +116,27 @@ def test_prompt_reader_without_a_reader_says_how_to_train_one(tmp_path):
     assert reader_choice(tmp_path, "SmolLM2-135M-Instruct", "auto", None) == (None, "auto", None)
     with pytest.raises(ConfigError, match="ragtune raft reader"):
         reader_choice(tmp_path, "SmolLM2-135M-Instruct", "reader", None)
+
+
+@pytest.mark.parametrize("reader_score, grounded_score, used", [(0.7, 0.6, True), (0.6, 0.6, True), (0.5, 0.6, False)])
+def test_auto_uses_a_reader_only_where_it_scored_at_least_as_well(tmp_path, reader_score, grounded_score, used):
+    from ragtune.generate.llamacpp import unavailable_reason
+    from ragtune.raft.reader import reader_choice, reader_path
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    folder = reader_path(tmp_path, "SmolLM2-135M-Instruct")
+    folder.mkdir(parents=True)
+    (folder / "adapter.gguf").write_bytes(b"GGUF")
+    held = {"n": 12, "grounded": {"right_and_cited": grounded_score}, "reader": {"right_and_cited": reader_score},
+            "reader_better": reader_score >= grounded_score}
+    (folder / "reader.json").write_text(json.dumps({"model": "SmolLM2-135M-Instruct", "held_out": held,
+                                                    "trained_on": {"kb": {"questions": 80}}}))
+    lora, prompt, note = reader_choice(tmp_path, "SmolLM2-135M-Instruct", "auto", None)
+    assert (lora == str(folder / "adapter.gguf") and prompt == "reader") if used else (lora is None and prompt == "auto")
+    assert f"{reader_score:.2f}" in note and f"{grounded_score:.2f}" in note
+    assert reader_choice(tmp_path, "SmolLM2-135M-Instruct", "reader", None)[1] == "reader"  # asked for: always
+    assert reader_choice(tmp_path, "SmolLM2-135M-Instruct", "grounded", None) == (None, "grounded", None)
 
 
 @pytest.mark.slow
@@ -135,14 +158,33 @@ def test_raft_reader_trains_installs_and_ask_uses_it(tmp_path):
     assert meta["protocol"] == "reader" and meta["counts"]["train_examples"] >= 8
     assert json.loads((folder / "reader.json").read_text())["model"] == "SmolLM2-135M-Instruct"
 
+    assert "held_out" not in meta  # a public set's held-out questions have no passages in this KB
+
     question = "Who is the mayor of Wendmere since 2029?"
-    used = run_cli("ask", tmp_path / "kb", question, "--model", "SmolLM2-135M-Instruct", "--json", "--threads", "2")
+    auto = run_cli("ask", tmp_path / "kb", question, "--model", "SmolLM2-135M-Instruct", "--json", "--threads", "2")
+    assert json.loads(auto.stdout)["protocol"] == "rag"  # SmolLM2's profile: an unmeasured reader is not the default
+    assert "not using the reader" in auto.stderr and "not measured" in auto.stderr
+    used = run_cli("ask", tmp_path / "kb", question, "--model", "SmolLM2-135M-Instruct", "--prompt", "reader",
+                   "--json", "--threads", "2")
     assert json.loads(used.stdout)["protocol"] == "reader"
     assert "reading with the reader adapter" in used.stderr
     plain = run_cli("ask", tmp_path / "kb", question, "--model", "SmolLM2-135M-Instruct", "--prompt", "grounded",
                     "--json", "--threads", "2")
     assert json.loads(plain.stdout)["protocol"] == "grounded" and "reader adapter" not in plain.stderr
 
-    run_cli(*args[:-1], "--seed", "1")  # a second reader replaces the first, which is kept
+    # a second reader, also from questions the teacher writes over the KB: scored on the held-out
+    # ones against the grounded prompt; it replaces the first, which is kept
+    from contextlib import nullcontext
+
+    from ragtune.raft.reader import ReaderOptions, train_reader
+
+    register_teacher("pairs", lambda **_: PairTeacher())
+    second = train_reader(ReaderOptions(kb=tmp_path / "kb", model="SmolLM2-135M-Instruct", mix=mix, synthesize=12,
+                                        teacher="pairs", minutes=0.2, eval_share=0.3, seed=1, threads=2),
+                          stage=lambda _text: nullcontext())
+    assert second["trained_on"]["kb"]["questions"] == 12
+    held = second["held_out"]
+    assert held["n"] >= 1 and set(held) == {"n", "grounded", "reader", "reader_better"}
+    assert 0 <= held["reader"]["right_and_cited"] <= held["reader"]["right"] <= 1
     assert (folder.parent / "SmolLM2-135M-Instruct.previous" / "adapter.gguf").is_file()
     assert json.loads((folder / "reader.json").read_text())["recipe"]["seed"] == 1

@@ -112,12 +112,14 @@ def reader(
     eval_share: float = typer.Option(0.1, "--eval-share", help="Share of questions held out (written to the work folder's eval.jsonl)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the oracle's presence and the order."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the teacher and training."),
+    score: bool = typer.Option(True, "--score/--no-score", help="Compare reader and grounded prompt on the held-out questions; --prompt auto uses the reader only where it scored at least as well."),
     as_json: bool = JSON_OPTION,
 ):
     """Train a reader adapter: the answering model taught to read sources with distractors (RAFT).
 
-    `ask`, `chat` and `serve` on this knowledge base then load it over the model (on llama.cpp) and
-    answer with `--prompt reader`, its own prompt; `--prompt grounded` still asks the model without it.
+    The held-out questions are then answered with and without it; where the reader scores at least
+    as well, `ask`, `chat` and `serve` on this knowledge base load it over the model (llama.cpp) by
+    default. `--prompt reader` always uses it, `--prompt grounded` never.
     """
     import contextlib
     import time
@@ -135,7 +137,7 @@ def reader(
             err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
 
     options = ReaderOptions(kb=kb, model=model, mix=mix, synthesize=synthesize, teacher=teacher, minutes=minutes, p=p,
-                            layers=layers, limit=limit, eval_share=eval_share, seed=seed, threads=threads)
+                            layers=layers, limit=limit, eval_share=eval_share, seed=seed, threads=threads, score=score)
     meta = train_reader(options, stage=stage)
     if as_json:
         _emit_json(meta)
@@ -149,5 +151,14 @@ def reader(
         table.add_row(key.replace("_", " "), str(value))
     for key, value in meta["train"].items():
         table.add_row(key.replace("_", " "), f"{value:.3g}" if isinstance(value, float) else str(value))
+    held = meta.get("held_out")
+    if held:
+        for name in ("grounded", "reader"):
+            table.add_row(f"held out ({held['n']}): {name} right / cited / p50 s",
+                          f"{held[name]['right']:.2f} / {held[name]['right_and_cited']:.2f} / {held[name]['total_s_p50']:.1f}")
     out.print(table)
-    out.print(f"ask, chat and serve on {escape(str(kb))} now answer with it (--prompt grounded: without it)")
+    if held and held["reader_better"]:
+        out.print(f"ask, chat and serve on {escape(str(kb))} now answer with it (--prompt grounded: without it)")
+    else:
+        why = "it scored below the grounded prompt on the held-out questions" if held else "it was not measured here"
+        out.print(f"installed; --prompt reader uses it ({why}, so --prompt auto keeps the grounded prompt)")

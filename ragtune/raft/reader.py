@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .reader_data import Counts, ReaderItem, TokenCounter, mix_items, reader_example
+from .reader_score import held_out_questions, score_reader
 
 logger = logging.getLogger(__name__)
 READERS = "readers"
@@ -56,6 +57,7 @@ class ReaderOptions:
     seed: int = 0
     threads: int | None = None
     layers: int | None = None  # default per model (RECIPES)
+    score: bool = True  # compare reader and grounded prompt on the held-out KB questions (reader_score.py)
 
     def check(self) -> None:
         if not 0 < self.p <= 1:
@@ -109,8 +111,16 @@ def reader_choice(kb, model: str, prompt: str, lora: str | None) -> tuple[str | 
         return None, prompt, f"the reader for {model} in {kb} needs llama.cpp ({why_not}); answering without it"
     trained = ", ".join(f"{k}: {v.get('questions', '')} questions" if isinstance(v, dict) else k
                         for k, v in reader.get("trained_on", {}).items())
+    held = reader.get("held_out") or {}
+    if prompt == "auto" and not held.get("reader_better"):
+        why = (f"it scored {held['reader']['right_and_cited']:.2f} right and cited on {held['n']} held-out questions "
+               f"against {held['grounded']['right_and_cited']:.2f} for the grounded prompt") if held else \
+            "it was not measured on this knowledge base's questions"
+        return None, prompt, f"not using the reader for {model} in {kb}: {why}; --prompt reader uses it"
+    measured = (f", {held['reader']['right_and_cited']:.2f} vs {held['grounded']['right_and_cited']:.2f} right and "
+                f"cited on {held['n']} held-out questions") if held else ""
     return reader["adapter"], "reader", (f"reading with the reader adapter trained {reader.get('created', '')} "
-                                          f"({trained}); --prompt grounded answers without it")
+                                          f"({trained}{measured}); --prompt grounded answers without it")
 
 
 def train_reader(options: ReaderOptions, *, stage) -> dict:
@@ -155,6 +165,10 @@ def train_reader(options: ReaderOptions, *, stage) -> dict:
                        "minutes": options.minutes, "p": options.p, "seed": options.seed},
             "train": _train_summary(trained), "seconds": round(time.perf_counter() - started, 1),
             "eval_file": str(work / "eval.jsonl")}
+    held = held_out_questions(work / "eval.jsonl") if options.score else []
+    if held:
+        with stage(f"comparing the reader with the grounded prompt on {len(held)} held-out questions"):
+            meta["held_out"] = score_reader(kb, model, str(staging), held, threads=options.threads)
     install(kb, model, staging, meta)
     return {**meta, "adapter": str(reader_path(kb, model) / "adapter.gguf")}
 
