@@ -130,9 +130,10 @@ def reader(
 
     @contextlib.contextmanager
     def stage(text: str):
+        """A spinner with `text`; yields update(more) to show progress beside it."""
         started = time.perf_counter()
-        with err.status(escape(text) + " ...", spinner="dots") if not as_json else contextlib.nullcontext():
-            yield
+        with err.status(escape(text) + " ...", spinner="dots") if not as_json else contextlib.nullcontext() as status:
+            yield (lambda more: status.update(f"{escape(text)} ... {escape(more)}")) if status is not None else None
         if not as_json:
             err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
 

@@ -94,7 +94,7 @@ def kb_items(kb_path, teacher_spec: str, wanted: int, *, seed: int = 0, threads:
         random.Random(seed).shuffle(rows)
         teacher = Teacher(make_teacher(teacher_spec, threads=threads, slots=slots))
         deduper, items = QuestionDeduper(), []
-        with stage(f"the teacher ({teacher.name}) writing {wanted} questions over {kb_path}"):
+        with stage(f"the teacher ({teacher.name}) writing {wanted} questions over {kb_path}") as update:
             for start in range(0, len(rows), slots):
                 batch = rows[start:start + slots]
                 replies = teacher.run([messages(r["text"]) for r in batch], max_new_tokens=160)
@@ -107,6 +107,8 @@ def kb_items(kb_path, teacher_spec: str, wanted: int, *, seed: int = 0, threads:
                             report["dropped"][why] = report["dropped"].get(why, 0) + 1
                             continue
                         items.append(_item(kb, row, question, answer, len(items)))
+                if update is not None:
+                    update(f"{min(len(items), wanted)}/{wanted} kept from {report['chunks_asked']} chunks")
                 if len(items) >= wanted:
                     break
     items = items[:wanted]
