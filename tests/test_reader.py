@@ -188,3 +188,30 @@ def test_raft_reader_trains_installs_and_ask_uses_it(tmp_path):
     assert 0 <= held["reader"]["right_and_cited"] <= held["reader"]["right"] <= 1
     assert (folder.parent / "SmolLM2-135M-Instruct.previous" / "adapter.gguf").is_file()
     assert json.loads((folder / "reader.json").read_text())["recipe"]["seed"] == 1
+
+
+def test_the_teachers_questions_are_kept_for_the_next_build(tmp_path):
+    """A new --p or --minutes must not ask the teacher again: its questions are kept, keyed by what made them."""
+    from contextlib import nullcontext
+
+    from ragtune.raft.reader import ReaderOptions, _synthesized
+
+    calls = []
+
+    class Counting(PairTeacher):
+        def generate(self, messages, **options):
+            calls.append(1)
+            return super().generate(messages, **options)
+
+    register_teacher("counting", lambda **_: Counting())
+    kb_of_texts(tmp_path, {f"{t}.txt": town_text(t) for t in TOWNS}).close()
+    options = ReaderOptions(kb=tmp_path / "kb", teacher="counting", synthesize=6)
+    first, report = _synthesized(options, "SmolLM2-135M-Instruct", 6, lambda _text: nullcontext())
+    asked = len(calls)
+    again, report_again = _synthesized(options, "SmolLM2-135M-Instruct", 6, lambda _text: nullcontext())
+    assert asked >= 3 and len(calls) == asked and report_again == report
+    assert [(i.question, i.answer, [h.text for h in i.oracles], [h.chunk_id for h in i.distractors]) for i in again] == \
+        [(i.question, i.answer, [h.text for h in i.oracles], [h.chunk_id for h in i.distractors]) for i in first]
+    options.seed = 1  # other settings: asked again
+    _synthesized(options, "SmolLM2-135M-Instruct", 6, lambda _text: nullcontext())
+    assert len(calls) > asked

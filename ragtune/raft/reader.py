@@ -245,13 +245,37 @@ def _items(options: ReaderOptions, model: str, stage) -> tuple[list[ReaderItem],
         sources["mix"] = {"path": str(options.mix), "questions": len(mixed), "skipped": len(bad)}
     wanted = options.synthesize if options.synthesize is not None else (0 if options.mix else DEFAULT_QUESTIONS)
     if wanted:
-        from .reader_teacher import kb_items
-
-        synthesized, report = kb_items(options.kb, options.teacher or model, wanted, seed=options.seed,
-                                       threads=options.threads, stage=stage)
+        synthesized, report = _synthesized(options, model, wanted, stage)
         items += synthesized
         sources["kb"] = report
     return items, sources, problems
+
+
+def _synthesized(options: ReaderOptions, model: str, wanted: int, stage) -> tuple[list[ReaderItem], dict]:
+    """The teacher's questions over the KB, kept in the work folder (questions.jsonl) so that a new
+    --p, --minutes or --eval-share reuses them instead of asking the teacher again (minutes of work)."""
+    from ..retrieve.hits import Hit
+    from .reader_teacher import kb_items
+
+    teacher = options.teacher or model
+    path = Path(options.kb).expanduser() / READERS / f"{model}.work" / "questions.jsonl"
+    key = {"teacher": teacher, "wanted": wanted, "seed": options.seed}
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        head = json.loads(lines[0]) if lines else {}
+        if head.get("key") == key:
+            items = []
+            for line in lines[1:]:
+                row = json.loads(line)
+                items.append(ReaderItem(row["id"], row["question"], row["answer"], [Hit(**h) for h in row["oracles"]],
+                                        [Hit(**h) for h in row["distractors"]], row["origin"]))
+            return items, head["report"]
+    items, report = kb_items(options.kb, teacher, wanted, seed=options.seed, threads=options.threads, stage=stage)
+    rows = [{"key": key, "report": report}] + [
+        {"id": i.id, "question": i.question, "answer": i.answer, "origin": i.origin,
+         "oracles": [asdict(h) for h in i.oracles], "distractors": [asdict(h) for h in i.distractors]} for i in items]
+    _write_jsonl(path, rows)
+    return items, report
 
 
 def _recipe(model: str, data: dict, run_dir: Path, options: ReaderOptions):
@@ -277,6 +301,8 @@ def _train_summary(trained: dict) -> dict:
 
 
 def _clear_run(work: Path) -> None:
+    """New examples: the old run's checkpoints would resume on the wrong ones (the teacher's
+    questions.jsonl stays: it is keyed by what made it)."""
     for name in ("run", "chat.jsonl", "eval.jsonl", "data.json"):
         path = work / name
         if path.is_dir():
@@ -293,6 +319,7 @@ def _why(counts: dict, problems: list) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
