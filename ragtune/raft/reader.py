@@ -193,9 +193,9 @@ def install(kb: Path, model: str, adapter: Path, meta: dict) -> None:
 
 def _prepared_data(options: ReaderOptions, model: str, work: Path, stage) -> dict:
     """chat.jsonl and eval.jsonl in `work`, built once (a second run with the same settings reuses them)."""
-    settings = {"model": model, "mix": str(Path(options.mix).expanduser().resolve()) if options.mix else None, "synthesize": options.synthesize,
-                "teacher": options.teacher, "p": options.p, "limit": options.limit, "eval_share": options.eval_share,
-                "seed": options.seed}
+    mix = str(Path(options.mix).expanduser().resolve()) if options.mix else None
+    settings = {"model": model, "mix": mix, "synthesize": options.synthesize, "teacher": options.teacher,
+                "p": options.p, "limit": options.limit, "eval_share": options.eval_share, "seed": options.seed}
     manifest_path = work / "data.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
