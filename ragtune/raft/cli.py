@@ -106,7 +106,7 @@ def reader(
     synthesize: Optional[int] = typer.Option(None, "--synthesize", help=f"Questions the teacher writes over the knowledge base (default 80; 0 with --mix)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Model that writes the questions (default: --model)."),
     minutes: float = typer.Option(20.0, "--minutes", help="Training time budget; training stops and saves at the first step after it."),
-    p: float = typer.Option(0.8, "--p", help="Share of examples that show the answering passage (the rest teach 'not found')."),
+    p: float = typer.Option(1.0, "--p", help="Share of examples that show the answering passage (the rest teach 'not found'; 0.8, RAFT's, made the reader refuse too often)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Adapt only the top N transformer blocks (default: a third of them; faster)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many --mix questions."),
     eval_share: float = typer.Option(0.1, "--eval-share", help="Share of questions held out (written to the work folder's eval.jsonl)."),
