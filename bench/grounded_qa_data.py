@@ -46,10 +46,9 @@ class Question:
 
 
 def contains(text: str, gold: str) -> bool:
-    from ragtune.qa_metrics import normalize_answer
+    from ragtune.qa_metrics import contains_answer
 
-    wanted = normalize_answer(gold)
-    return bool(wanted) and f" {wanted} " in f" {normalize_answer(text)} "
+    return contains_answer(text, gold)
 
 
 def docs_questions() -> list[Question]:

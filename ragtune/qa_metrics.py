@@ -39,6 +39,12 @@ def normalize_answer(text: str) -> str:
     return " ".join(ARTICLES.sub(" ", text).split())
 
 
+def contains_answer(text: str, answer: str) -> bool:
+    """Whether `answer` occurs in `text` as whole words, both SQuAD-normalised (an empty answer never does)."""
+    wanted = normalize_answer(answer)
+    return bool(wanted) and f" {wanted} " in f" {normalize_answer(text)} "
+
+
 def exact_match(prediction: str, golds: list[str]) -> float:
     """1.0 when the normalised prediction equals any normalised gold, else 0.0."""
     return float(any(normalize_answer(prediction) == normalize_answer(g) for g in golds))

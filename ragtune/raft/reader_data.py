@@ -29,7 +29,7 @@ from pathlib import Path
 from ..answer import grounded
 from ..answer.protocols import ReaderProtocol
 from ..errors import ConfigError
-from ..qa_metrics import normalize_answer
+from ..qa_metrics import contains_answer
 from ..ingest.record_reader import Problem, RecordReader
 from ..retrieve.hits import Hit
 
@@ -120,14 +120,11 @@ def _hotpot_item(record, line: int):
 
 def answer_sentence(answer: str, passages) -> tuple[int, str] | None:
     """(1-based source number, sentence) of the first quotable sentence shown that holds `answer`."""
-    wanted = normalize_answer(answer)
-    if not wanted:
-        return None
     for n, passage in enumerate(passages, start=1):
         for sentence in passage.sentences:
             if len(sentence.text.split()) < 3 or sentence.text.startswith(("#", "|")):
                 continue  # the grammar admits no heading or fragment as a quote
-            if f" {wanted} " in f" {normalize_answer(sentence.text)} ":
+            if contains_answer(sentence.text, answer):
                 return n, sentence.text
     return None
 

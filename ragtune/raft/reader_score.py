@@ -14,14 +14,9 @@ import json
 import logging
 from pathlib import Path
 
-from ..qa_metrics import normalize_answer
+from ..qa_metrics import contains_answer
 
 logger = logging.getLogger(__name__)
-
-
-def contains(answer: str, gold: str) -> bool:
-    wanted = normalize_answer(gold)
-    return bool(wanted) and f" {wanted} " in f" {normalize_answer(answer)} "
 
 
 def held_out_questions(path: Path) -> list[dict]:
@@ -53,9 +48,9 @@ def score_reader(kb_path: Path, model: str, adapter: str, questions: list[dict],
                 for q in questions:
                     result = ask(kb, q["question"], generator, k=k, prompt=name, max_new_tokens=128)
                     gold = q["answers"][0]
-                    ok = contains(result.bare, gold)
+                    ok = contains_answer(result.bare, gold)
                     right += ok
-                    cited += ok and any(contains(result.prompt.sources[c.n - 1].text, gold)
+                    cited += ok and any(contains_answer(result.prompt.sources[c.n - 1].text, gold)
                                         for c in result.check.citations if 0 < c.n <= len(result.prompt.sources))
                     seconds.append(result.timings.get("total_s") or 0.0)
             finally:

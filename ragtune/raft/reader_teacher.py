@@ -15,7 +15,7 @@ import logging
 import random
 import re
 
-from ..qa_metrics import normalize_answer
+from ..qa_metrics import contains_answer, normalize_answer
 from ..retrieve.hits import Hit
 from .reader_data import MAX_SOURCES, ReaderItem
 
@@ -63,12 +63,11 @@ def check_pair(question: str, answer: str, chunk: str) -> str | None:
     """Why a pair cannot train a reader (None when it can)."""
     if "?" not in question or len(question.split()) < 4:
         return "not_a_question"
-    wanted = normalize_answer(answer)
-    if not wanted or len(answer.split()) > MAX_ANSWER_WORDS:
+    if not normalize_answer(answer) or len(answer.split()) > MAX_ANSWER_WORDS:
         return "answer_empty_or_long"
-    if f" {wanted} " not in f" {normalize_answer(chunk)} ":
+    if not contains_answer(chunk, answer):
         return "answer_not_in_chunk"
-    if f" {wanted} " in f" {normalize_answer(question)} ":
+    if contains_answer(question, answer):
         return "answer_in_question"
     return None
 
