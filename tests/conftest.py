@@ -73,3 +73,21 @@ def run_cli(*args, check=True, env=None, **kwargs) -> subprocess.CompletedProces
     if check and result.returncode != 0:
         raise AssertionError(f"ragtune {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def two_block_smollm2(folder):
+    """The packaged SmolLM2-135M with its first 2 of 30 blocks: real weights, tokenizer and chat
+    template, 15x less compute (a config whose num_hidden_layers is 2; the other blocks' weights are
+    skipped on load)."""
+    import json
+
+    from ragtune.models.cache import resolve_model_dir
+
+    source = resolve_model_dir("SmolLM2-135M-Instruct")
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.name != "config.json":
+            (folder / path.name).symlink_to(path)
+    config = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    return folder

@@ -245,7 +245,7 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
     recipe = write_recipe(tmp_path, name="resume", method="lora", output_dir=str(run),
                           data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
                           training={"learning_rate": 1e-3, "max_steps": 8, "batch_size": 2, "checkpoint_every": 2,
-                                    "keep_checkpoints": 5, "threads": 2})
+                                    "keep_checkpoints": 5, "threads": 2, "packing": True})  # a packed run resumes too
     process = subprocess.Popen([*RAGTUNE, "train", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():

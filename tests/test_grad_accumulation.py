@@ -1,7 +1,7 @@
 """Gradient accumulation is exact: batch 2 x accumulation 2 trains like batch 4 x accumulation 1.
 
 Both runs go through ragtune's own Trainer set-up (`build_trainer`: recipe -> TrainingArguments,
-PadCollator, RecipeTrainer.compute_loss with the Trainer's `num_items_in_batch`), on the packaged
+PadCollator or, packed, PackedCollator, RecipeTrainer.compute_loss with the Trainer's `num_items_in_batch`), on the packaged
 models loaded the way `ragtune train` loads them: SmolLM2-135M cut to its first two blocks (method
 freeze, top block trained) for the weighted token loss over examples of different lengths and
 weights; MiniLM with a new output layer for the class-weighted cross-entropy over unbalanced classes.
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import two_block_smollm2
+
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-4
 REFERENCE_RTOL = 1e-4  # batched vs one example at a time: padding changes the float32 summation order
@@ -43,7 +45,7 @@ TEXTS = [("I bought apples and pears", "fruit"), ("We saw trucks and buses", "ve
 # 7 fruit / 3 vehicle / 2 place: "balanced" class weights 0.57 / 1.33 / 2.0
 
 
-def _recipe(tmp_path, method: str, model: str, batch: int, accumulation: int, **sections):
+def _recipe(tmp_path, method: str, model: str, batch: int, accumulation: int, packing: bool = False, **sections):
     from ragtune.finetune.recipe import validate_recipe
 
     return validate_recipe({
@@ -51,7 +53,8 @@ def _recipe(tmp_path, method: str, model: str, batch: int, accumulation: int, **
         "output_dir": str(tmp_path / f"{method}-{batch}x{accumulation}"), "data": {"train": "unused.jsonl"},
         "training": {"learning_rate": 1e-4, "scheduler": "constant", "warmup": 0, "max_steps": STEPS,
                      "batch_size": batch, "gradient_accumulation": accumulation, "max_grad_norm": 1e9,
-                     "precision": "fp32", "logging_steps": 1, "checkpoint_every": 1000, "weight_decay": 0.0},
+                     "precision": "fp32", "logging_steps": 1, "checkpoint_every": 1000, "weight_decay": 0.0,
+                     "packing": packing},
         **sections})
 
 
@@ -141,33 +144,16 @@ def _compare(full, accumulated, what: str, reference):
     assert not problems, f"{what}: gradient accumulation is not exact:\n" + "\n".join(problems)
 
 
-def _two_block_smollm2(folder):
-    """The packaged SmolLM2-135M with its first 2 of 30 blocks: real weights, tokenizer and chat
-    template, 15x less compute (a config whose num_hidden_layers is 2; the other blocks' weights are
-    skipped on load)."""
-    import json
-
-    from ragtune.models.cache import resolve_model_dir
-
-    source = resolve_model_dir("SmolLM2-135M-Instruct")
-    folder.mkdir()
-    for path in source.iterdir():
-        if path.name != "config.json":
-            (folder / path.name).symlink_to(path)
-    config = json.loads((source / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
-    return folder
-
-
 @pytest.mark.slow
-def test_weighted_token_loss_accumulates_exactly(tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_weighted_token_loss_accumulates_exactly(tmp_path, packing):
     import torch
 
     from ragtune.finetune.encode import encode_chats
     from ragtune.finetune.formats import ChatExample
     from ragtune.finetune.modeling import build_causal_lm, load_tokenizer
 
-    model_dir = _two_block_smollm2(tmp_path / "smollm2-2-blocks")
+    model_dir = two_block_smollm2(tmp_path / "smollm2-2-blocks")
     tokenizer = load_tokenizer(model_dir)
     examples = [ChatExample([{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": answer}],
                             weight=weight, line=i + 1)
@@ -177,7 +163,7 @@ def test_weighted_token_loss_accumulates_exactly(tmp_path):
 
     runs, sums = [], []
     for batch, accumulation in ((4, 1), (2, 2)):
-        recipe = _recipe(tmp_path, "freeze", str(model_dir), batch, accumulation,
+        recipe = _recipe(tmp_path, "freeze", str(model_dir), batch, accumulation, packing,
                          freeze={"train_top_blocks": 1, "train_head": False})
         model = _no_dropout(build_causal_lm(recipe, model_dir))
         if not sums:  # per example: the weighted sum of its token losses, and its trained-token count

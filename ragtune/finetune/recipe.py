@@ -61,6 +61,10 @@ class Training(_Strict):
     gradient_checkpointing: bool = False
     # batches of similar length (less padding: faster on CPU when lengths vary, e.g. RAFT contexts)
     group_by_length: bool = False
+    # padding-free batches (finetune/packing.py): a micro-batch's examples side by side in rows of at
+    # most packing_length tokens (None: one row per micro-batch), positions restarting per example
+    packing: bool = False
+    packing_length: Optional[int] = Field(None, ge=16)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: Optional[int] = Field(None, ge=1)
     # Validation and checkpoints happen together ("epoch" or every N optimizer steps), so the best
@@ -139,6 +143,12 @@ class Recipe(_Strict):
             _check_search_key(self, key)
         if self.method == "classify" and self.data.format not in ("auto", "classify"):
             raise ValueError(f"method classify needs classification data, but data.format is {self.data.format!r}")
+        if self.training.packing and self.method == "classify":
+            raise ValueError("training.packing lays chat examples end to end for a language model; "
+                             "method classify cannot use it: remove training.packing")
+        if self.training.packing_length is not None and not self.training.packing:
+            raise ValueError("training.packing_length is set but training.packing is false; "
+                             "set training.packing: true, or remove training.packing_length")
         return self
 
     @property

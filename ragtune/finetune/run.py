@@ -114,16 +114,19 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
                   checkpoints: Path, *, progress: bool = True, callbacks=()):
     """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights."""
     from .encode import PadCollator
+    from .packing import PackedCollator
     from .trainer import (balanced_class_weights, classification_metrics, early_stopping_callbacks, make_trainer_class,
                           time_budget_callbacks, training_arguments)
 
     has_validation = bool(validation_features)
+    packed = recipe.training.packing and not recipe.is_classifier
     trainer = make_trainer_class()(
         model=model,
         args=training_arguments(recipe, checkpoints, has_validation=has_validation, progress=progress),
         train_dataset=train_features,
         eval_dataset=validation_features if has_validation else None,
-        data_collator=PadCollator(tokenizer, classification=recipe.is_classifier),
+        data_collator=(PackedCollator(tokenizer, recipe.training.packing_length) if packed
+                       else PadCollator(tokenizer, classification=recipe.is_classifier)),
         processing_class=tokenizer,
         compute_metrics=classification_metrics if recipe.is_classifier else None,
         callbacks=[*early_stopping_callbacks(recipe, has_validation), *time_budget_callbacks(recipe), *callbacks],
@@ -145,6 +148,7 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     from ..models.cache import resolve_model_dir
     from ..runtime import quiet_transformers
     from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
+    from .packing import check_packing_length
     from .report import plot_losses, print_summary
 
     console = console or Console(stderr=True)
@@ -161,6 +165,7 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     tokenizer = load_tokenizer(model_dir)
     train_examples, validation_examples = load_data(recipe, warn)
     train_set, validation_set, labels = _encode(recipe, tokenizer, train_examples, validation_examples, warn)
+    check_packing_length(recipe, train_set.features + validation_set.features)
     if recipe.is_classifier:
         model, _ = build_classifier(recipe, model_dir, labels)
     else:

@@ -47,7 +47,8 @@ def weighted_token_loss(logits, labels, weight=None, num_items=None, positions=N
     """Next-token cross-entropy where each example's tokens count `weight[i]` times, summed and
     divided by `num_items` trained tokens: those of the whole accumulated batch when training (so
     micro-batch losses add up to the big batch's loss), else this batch's own, so weights of 1 give
-    exactly the model's own loss. `positions`: the logits are only those positions' (see
+    exactly the model's own loss. `weight` is per example (rows,) or per token (rows, length, aligned
+    with `labels`, as packed rows carry it). `positions`: the logits are only those positions' (see
     `trained_positions`), else every position's."""
     import torch.nn.functional as F
 
@@ -58,7 +59,11 @@ def weighted_token_loss(logits, labels, weight=None, num_items=None, positions=N
     per_token = F.cross_entropy(shifted.transpose(1, 2), target, ignore_index=-100, reduction="none")
     mask = (target != -100).float()
     if weight is not None:
-        mask = mask * weight.to(per_token.device, per_token.dtype)[:, None]
+        weight = weight.to(per_token.device, per_token.dtype)
+        if weight.dim() == 1:
+            mask = mask * weight[:, None]
+        else:
+            mask = mask * (weight[:, 1:] if positions is None else weight[:, positions + 1])
     if num_items is None:
         num_items = trained_tokens(labels).clamp(min=1)
     return (per_token * mask).sum() / num_items
@@ -140,6 +145,8 @@ def make_trainer_class():
                 loss = weighted_classification_loss(outputs.logits, labels, self.class_weights, num_items_in_batch)
             else:
                 positions = trained_positions(labels) if self._keeps_logits(model) else None
+                if "position_ids" in inputs:  # packed rows: transformers separates the examples only without a KV cache
+                    inputs["use_cache"] = False
                 outputs = model(**inputs, **({} if positions is None else {"logits_to_keep": positions}))
                 loss = weighted_token_loss(outputs.logits, labels, weight, num_items_in_batch, positions)
             if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
