@@ -93,21 +93,39 @@ def set_torch_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 `flags`, ARM `Features`), empty where /proc/cpuinfo is unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# the flags that decide which matrix kernels torch and llama.cpp can run
+CPU_FLAGS_THAT_MATTER = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                         "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sse4_2", "bmi2")
+
+
+def cpu_key() -> str:
+    """A short key for this CPU's kernels (its relevant flags and core count): measurements cached
+    under it are never reused on a machine where they may not hold."""
+    import hashlib
+
+    flags = sorted(f for f in cpu_flags() if f in CPU_FLAGS_THAT_MATTER)
+    return hashlib.sha256(f"{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 embedding is faster.
 
     Measured on a 2-core AVX512-BF16 machine: MiniLM bf16 encodes 2.2x faster than fp32 with
     cosine >= 0.998 to the fp32 vectors. Without native support bf16 is emulated and slower.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str) -> str:

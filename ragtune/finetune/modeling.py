@@ -4,6 +4,7 @@ only the top blocks and the head, or a new classification layer over a pre-train
 from __future__ import annotations
 
 import logging
+import warnings
 
 from ..errors import ConfigError
 
@@ -77,7 +78,9 @@ def build_causal_lm(recipe, model_dir):
         config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, task_type="CAUSAL_LM",
                                  target_modules=spec.target_modules, **top)
         try:
-            model = peft.get_peft_model(model, config)
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias: nothing a user can act on
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = peft.get_peft_model(model, config)
         except ValueError as exc:
             raise ConfigError(f"lora.target_modules: {exc}") from None
         if recipe.training.gradient_checkpointing:

@@ -110,23 +110,34 @@ def _prepare_run_dir(recipe, resume: bool) -> tuple[Path, str | None]:
     return run_dir, last if resume else None
 
 
-def build_trainer(recipe, model, tokenizer, train_features: list, validation_features: list, labels,
-                  checkpoints: Path, *, progress: bool = True, callbacks=()):
-    """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights."""
+def collator_for(recipe, tokenizer):
+    """Packed rows (training.packing) or padded ones."""
     from .encode import PadCollator
     from .packing import PackedCollator
+
+    if recipe.training.packing and not recipe.is_classifier:
+        return PackedCollator(tokenizer, recipe.training.packing_length)
+    return PadCollator(tokenizer, classification=recipe.is_classifier)
+
+
+def build_trainer(recipe, model, tokenizer, train_features: list, validation_features: list, labels,
+                  checkpoints: Path, *, progress: bool = True, callbacks=(), precision: str | None = None):
+    """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights.
+    `precision`: as measured by `precision.training_precision` (default: the recipe's, probed if auto)."""
+    from .precision import training_precision
     from .trainer import (balanced_class_weights, classification_metrics, early_stopping_callbacks, make_trainer_class,
                           time_budget_callbacks, training_arguments)
 
     has_validation = bool(validation_features)
-    packed = recipe.training.packing and not recipe.is_classifier
+    collator = collator_for(recipe, tokenizer)
+    precision = precision or training_precision(recipe, model, collator, train_features)
     trainer = make_trainer_class()(
         model=model,
-        args=training_arguments(recipe, checkpoints, has_validation=has_validation, progress=progress),
+        args=training_arguments(recipe, checkpoints, has_validation=has_validation, progress=progress,
+                                precision=precision),
         train_dataset=train_features,
         eval_dataset=validation_features if has_validation else None,
-        data_collator=(PackedCollator(tokenizer, recipe.training.packing_length) if packed
-                       else PadCollator(tokenizer, classification=recipe.is_classifier)),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=classification_metrics if recipe.is_classifier else None,
         callbacks=[*early_stopping_callbacks(recipe, has_validation), *time_budget_callbacks(recipe), *callbacks],
@@ -149,6 +160,7 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     from ..runtime import quiet_transformers
     from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
     from .packing import check_packing_length
+    from .precision import training_precision
     from .report import plot_losses, print_summary
 
     console = console or Console(stderr=True)
@@ -175,10 +187,13 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
             "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
 
+    precision = training_precision(recipe, model, collator_for(recipe, tokenizer), train_set.features,
+                                   announce=lambda message: console.print(message, highlight=False))
+    data["precision"] = precision
     trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,
-                            run_dir / "checkpoints", progress=progress, callbacks=callbacks)
-    console.print(f"training {recipe.name}: {recipe.method} on {recipe.model}, {trainable:,} of {total:,} parameters "
-                  f"trainable, {data['train_examples']} train / {data['validation_examples']} validation examples"
+                            run_dir / "checkpoints", progress=progress, callbacks=callbacks, precision=precision)
+    console.print(f"training {recipe.name}: {recipe.method} on {recipe.model} in {precision}, {trainable:,} of {total:,} "
+                  f"parameters trainable, {data['train_examples']} train / {data['validation_examples']} validation examples"
                   + (f", resuming from {Path(last).name}" if last else ""), highlight=False)
     logger.info("training %s (%s on %s) in %s: %d train / %d validation examples, %s%s", recipe.name, recipe.method,
                 model_dir, run_dir, data["train_examples"], data["validation_examples"],

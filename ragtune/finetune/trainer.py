@@ -15,8 +15,6 @@ import logging
 import math
 from pathlib import Path
 
-from ..runtime import resolve_precision
-
 logger = logging.getLogger(__name__)
 
 
@@ -67,6 +65,27 @@ def weighted_token_loss(logits, labels, weight=None, num_items=None, positions=N
     if num_items is None:
         num_items = trained_tokens(labels).clamp(min=1)
     return (per_token * mask).sum() / num_items
+
+
+def causal_lm_loss(model, inputs: dict, labels, weight=None, num_items=None, *, keep_logits: bool = True):
+    """(loss, outputs) of one causal-LM training forward: logits only at trained positions where the
+    model takes `logits_to_keep`, and without a KV cache for packed rows (transformers tells packed
+    examples apart from their restarting positions only then)."""
+    positions = trained_positions(labels) if keep_logits else None
+    extra = {} if positions is None else {"logits_to_keep": positions}
+    if "position_ids" in inputs:
+        extra["use_cache"] = False
+    outputs = model(**inputs, **extra)
+    return weighted_token_loss(outputs.logits, labels, weight, num_items, positions), outputs
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (Llama and Qwen2 in transformers 5 do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(base, "module", base)
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def class_weight_total(labels, class_weights=None):
@@ -144,23 +163,15 @@ def make_trainer_class():
                 outputs = model(**inputs)
                 loss = weighted_classification_loss(outputs.logits, labels, self.class_weights, num_items_in_batch)
             else:
-                positions = trained_positions(labels) if self._keeps_logits(model) else None
-                if "position_ids" in inputs:  # packed rows: transformers separates the examples only without a KV cache
-                    inputs["use_cache"] = False
-                outputs = model(**inputs, **({} if positions is None else {"logits_to_keep": positions}))
-                loss = weighted_token_loss(outputs.logits, labels, weight, num_items_in_batch, positions)
+                loss, outputs = causal_lm_loss(model, inputs, labels, weight, num_items_in_batch,
+                                               keep_logits=self._keeps_logits(model))
             if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
             return (loss, outputs) if return_outputs else loss
 
         def _keeps_logits(self, model) -> bool:
-            """Whether the causal LM's forward takes `logits_to_keep` (Llama and Qwen2 in transformers 5 do)."""
             if not hasattr(self, "_logits_to_keep"):
-                import inspect
-
-                base = model.get_base_model() if hasattr(model, "get_base_model") else model
-                base = getattr(base, "module", base)
-                self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+                self._logits_to_keep = takes_logits_to_keep(model)
             return self._logits_to_keep
 
         def evaluate(self, *args, **kwargs):
@@ -178,15 +189,12 @@ def make_trainer_class():
     return RecipeTrainer
 
 
-def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progress: bool):
+def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progress: bool, precision: str):
+    """`precision`: fp32 or bf16 as decided by `precision.training_precision`."""
     import torch
     from transformers import TrainingArguments
 
     t = recipe.training
-    if torch.cuda.is_available() and t.precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    else:
-        precision = resolve_precision(t.precision)
     every = t.checkpoint_every
     strategy = "epoch" if every == "epoch" else "steps"
     steps = {} if every == "epoch" else {"save_steps": every, "eval_steps": every}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import Generation
-from .llamacpp_build import cpu_flags
+from ..runtime import cpu_flags
 
 logger = logging.getLogger(__name__)
 INSTALL_HINT = ("install it with `make llamacpp` (builds llama-cpp-python for this CPU once, 7-10 minutes), "

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime import cpu_flags
+
 logger = logging.getLogger(__name__)
 VERSION = "0.3.36"
 COMMON = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
@@ -38,17 +40,6 @@ VARIANTS = {
     "avx2": (("avx2", "fma", "f16c", "bmi2"), ""),
 }
 MARKER = Path(sys.prefix) / "ragtune-llamacpp.json"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def pick_variant(flags: set[str]) -> str | None:

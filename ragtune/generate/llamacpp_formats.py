@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..runtime import CPU_FLAGS_THAT_MATTER
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +38,13 @@ CANDIDATES = ("source", "Q8_0", "F16", "F32")
 WEIGHT_FORMATS = ("auto", *CANDIDATES, "Q4_0", "BF16")
 # the workload a choice is scored on: a RAG answer (bench/generation.py uses the same shape)
 PROMPT_TOKENS, ANSWER_TOKENS = 800, 128
-CPU_FLAGS_THAT_MATTER = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                         "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sse4_2", "bmi2")
 
 
 def machine_key() -> str:
     """CPU features plus the llama.cpp build: what decides which kernels run."""
     import llama_cpp
 
-    from .llamacpp import cpu_flags
+    from ..runtime import cpu_flags
     from .llamacpp_log import route_native_logs
 
     route_native_logs()  # before the first quantise or load writes its log
