@@ -16,6 +16,7 @@ from .errors import RagtuneError
 from .evaluate.cli import register as register_evaluate_commands
 from .finetune.data_cli import data_app
 from .finetune.train_cli import register as register_finetune_commands
+from .workflow.cli import register as register_workflow_commands
 from .raft.cli import raft_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt a language model to your documents and tasks, locally.")
@@ -334,6 +335,7 @@ def chat(
 app.add_typer(data_app, name="data")
 register_finetune_commands(app)
 register_evaluate_commands(app)
+register_workflow_commands(app)
 app.add_typer(raft_app, name="raft")
 
 

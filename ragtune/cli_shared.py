@@ -20,6 +20,25 @@ THREADS_OPTION = typer.Option(None, "--threads", help="Torch threads (default: t
 WAIT_OPTION = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish.")
 
 
+def stage_printer(quiet: bool):
+    """`stage(text)` for long multi-stage commands: a spinner with `text` that yields `update(more)`
+    (progress shown beside it; None when quiet), then a "done ... (N s)" line on stderr."""
+    import contextlib
+    import time
+
+    from rich.markup import escape
+
+    @contextlib.contextmanager
+    def stage(text: str):
+        started = time.perf_counter()
+        with err.status(escape(text) + " ...", spinner="dots") if not quiet else contextlib.nullcontext() as status:
+            yield (lambda more: status.update(f"{escape(text)} ... {escape(more)}")) if status is not None else None
+        if not quiet:
+            err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
+
+    return stage
+
+
 def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

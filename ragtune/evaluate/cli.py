@@ -26,7 +26,6 @@ RUNS_DB_OPTION = typer.Option(None, "--runs-db", help="Runs database (default <k
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
     app.command("compare")(compare)
-    app.command("choose")(choose)
 
 
 def _check_prompt(prompt: str) -> str:
@@ -246,10 +245,10 @@ def compare(
     data = write_reports(result, out_dir)
     if as_json:
         return _emit_json(data)
-    _print_comparison(result, out_dir)
+    print_comparison(result, out_dir)
 
 
-def _print_comparison(result: dict, out_dir: Path) -> None:
+def print_comparison(result: dict, out_dir: Path) -> None:
     from rich.table import Table
 
     from .report import table_rows
@@ -267,51 +266,3 @@ def _print_comparison(result: dict, out_dir: Path) -> None:
     for reason in rec["reasons"]:
         out.print(f"  - {escape(reason)}", soft_wrap=True)
     out.print(f"Reports: {escape(str(out_dir / 'report.html'))}, report.md, report.json")
-
-
-def choose(
-    kb: Path = typer.Argument(..., help="Knowledge base directory."),
-    questions: Optional[Path] = typer.Option(None, "--questions", help="Questions with gold_doc_ids and answers (the eval qa format); split into training and test."),
-    synthesize: Optional[int] = typer.Option(None, "--synthesize", help="Instead: have --teacher write about N questions from the knowledge base."),
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="The packaged model (or folder) to adapt and compare."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Model writing questions / reasoning (a packaged model, .gguf, folder or registered name)."),
-    teacher_base_url: Optional[str] = typer.Option(None, "--teacher-base-url", help="OpenAI-compatible endpoint serving --teacher."),
-    budget: float = typer.Option(30.0, "--budget", help="Minutes of training in all: a third for fine-tuning, two thirds for RAFT."),
-    test_share: float = typer.Option(0.3, "--test-share", help="Share of the questions held out for the comparison."),
-    k: int = typer.Option(2, "--k", help="Distractor documents per RAFT example; retrieval shows k + 1."),
-    p: float = typer.Option(0.8, "--p", help="Probability that the oracle document is present in a RAFT example's context."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split and the RAFT data."),
-    knowledge_changes: str = typer.Option("monthly", "--knowledge-changes", help="daily, monthly or never: changing knowledge favours retrieval."),
-    out_dir: Path = typer.Option(Path("ragtune-choose"), "--out", help="Work and report directory (a rerun resumes here)."),
-    weight_format: str = WEIGHT_FORMAT_OPTION,
-    concurrency: int = CONCURRENCY_OPTION,
-    threads: Optional[int] = THREADS_OPTION,
-    as_json: bool = JSON_OPTION,
-):
-    """RAG, fine-tuning or RAFT? Build the data, train both within --budget, compare all on held-out questions, recommend."""
-    import contextlib
-    import time
-
-    from .choose import ChooseOptions, choose as run_choose
-    from .compare import KNOWLEDGE_CHANGES
-
-    if knowledge_changes not in KNOWLEDGE_CHANGES:
-        raise typer.BadParameter(f"must be one of {', '.join(KNOWLEDGE_CHANGES)}", param_hint="--knowledge-changes")
-
-    @contextlib.contextmanager
-    def stage(text: str):
-        started = time.perf_counter()
-        with err.status(escape(text) + " ...", spinner="dots") if not as_json else contextlib.nullcontext():
-            yield
-        err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
-
-    options = ChooseOptions(kb=kb, out=out_dir, questions=questions, synthesize=synthesize, model=model, teacher=teacher,
-                            teacher_base_url=teacher_base_url, budget_minutes=budget, test_share=test_share, k=k, p=p,
-                            seed=seed, threads=threads, concurrency=concurrency, knowledge_changes=knowledge_changes,
-                            weight_format=weight_format)
-    result = run_choose(options, stage=stage)
-    if as_json:
-        from .report import scripting
-
-        return _emit_json(scripting(result, out_dir / "report"))
-    _print_comparison(result, out_dir / "report")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli_shared import JSON_OPTION, _emit_json, err, out
+from ..cli_shared import JSON_OPTION, _emit_json, err, out, stage_printer
 
 raft_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -121,22 +121,11 @@ def reader(
     as well, `ask`, `chat` and `serve` on this knowledge base load it over the model (llama.cpp) by
     default. `--prompt reader` always uses it, `--prompt grounded` never.
     """
-    import contextlib
-    import time
-
     from rich.markup import escape
 
     from .reader import ReaderOptions, train_reader
 
-    @contextlib.contextmanager
-    def stage(text: str):
-        """A spinner with `text`; yields update(more) to show progress beside it."""
-        started = time.perf_counter()
-        with err.status(escape(text) + " ...", spinner="dots") if not as_json else contextlib.nullcontext() as status:
-            yield (lambda more: status.update(f"{escape(text)} ... {escape(more)}")) if status is not None else None
-        if not as_json:
-            err.print(f"[green]done[/] {escape(text)} ({time.perf_counter() - started:.0f} s)")
-
+    stage = stage_printer(quiet=as_json)
     options = ReaderOptions(kb=kb, model=model, mix=mix, synthesize=synthesize, teacher=teacher, minutes=minutes, p=p,
                             layers=layers, limit=limit, eval_share=eval_share, seed=seed, threads=threads, score=score)
     meta = train_reader(options, stage=stage)

@@ -69,7 +69,7 @@ class ChooseOptions:
 def split_questions(path: Path, test_share: float, seed: int) -> tuple[list, list]:
     """(train, test) examples: a seeded split stratified by gold document, so no document's questions
     all land on one side when it has several."""
-    from .dataset import read_eval_set
+    from ..evaluate.dataset import read_eval_set
 
     examples, problems = read_eval_set(path)
     for problem in problems:
@@ -98,7 +98,7 @@ def split_questions(path: Path, test_share: float, seed: int) -> tuple[list, lis
 
 
 def _write(path: Path, examples) -> Path:
-    from .dataset import write_eval_set
+    from ..evaluate.dataset import write_eval_set
 
     write_eval_set(examples, path)
     return path
@@ -106,7 +106,7 @@ def _write(path: Path, examples) -> Path:
 
 def ft_data(train: list, path: Path) -> Path:
     """Closed-book chat examples in the prompt the `ft` strategy answers in."""
-    from .strategies import QA_STYLE
+    from ..evaluate.strategies import QA_STYLE
 
     rows = [QA_STYLE.training_example(e.question, e.answers[0]) for e in train]
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
@@ -158,9 +158,9 @@ def choose(options: ChooseOptions, *, stage) -> dict:
     comparison (compare_runs's result) with the report directory."""
     from ..raft.builder import BuildOptions, build_raft
     from ..store.runs import RunsDB
-    from .compare import compare_runs
-    from .plan import EvalPlan, run_plan
-    from .report import write_reports
+    from ..evaluate.compare import compare_runs
+    from ..evaluate.plan import EvalPlan, run_plan
+    from ..evaluate.report import write_reports
 
     options.check()
     out = Path(options.out)
@@ -181,7 +181,7 @@ def choose(options: ChooseOptions, *, stage) -> dict:
                 out=raft_dir, teacher=options.teacher, teacher_base_url=options.teacher_base_url, k=options.k,
                 p=options.p, target_model=options.model, seed=options.seed, eval_share=options.test_share,
                 limit=max(1, -(-options.synthesize // 3)), per_chunk=3, threads=options.threads))
-        from .dataset import EvalExample
+        from ..evaluate.dataset import EvalExample
 
         examples = [json.loads(line) for line in (raft_dir / "examples.jsonl").read_text().splitlines() if line]
         train = [EvalExample(id=e["id"], question=e["question"], answers=[e["answer"]]) for e in examples

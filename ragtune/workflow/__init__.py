@@ -1,0 +1,1 @@
+"""Workflows that drive several capabilities (raft, finetune, generate, evaluate) to answer one question."""
