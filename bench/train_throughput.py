@@ -99,7 +99,7 @@ def run_trl(model: str, precision: str, chats, batch: int, threads: int, tmp: Pa
     model_dir = resolve_model_dir(model)
     rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in chats]
     config = SFTConfig(output_dir=str(tmp / "trl"), num_train_epochs=1, per_device_train_batch_size=batch,
-                       learning_rate=2e-4, bf16=precision == "bf16", use_cpu=True, max_length=4096, report_to="none",
+                       learning_rate=2e-4, bf16=precision == "bf16", use_cpu=True, max_length=None, report_to="none",
                        save_strategy="no", logging_steps=100, completion_only_loss=True, padding_free=True,
                        disable_tqdm=True, seed=0)
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, target_modules=LORA["target_modules"],

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import kb_of_texts, run_cli
+
+from ragtune.errors import ConfigError
 
 DOCS = {
     "festival.txt": "The Zorblat festival is held in the town of Kremsville every March. Visitors eat smoked plums "
@@ -72,3 +74,56 @@ def test_choose_needs_questions_or_synthesize(tmp_path):
     assert result.returncode == 2 and "--questions" in result.stderr and "--synthesize" in result.stderr
     result = run_cli("choose", tmp_path, "--synthesize", "5", "--out", tmp_path / "o", check=False)
     assert result.returncode == 2 and "--teacher" in result.stderr
+
+
+def test_synthesized_questions_hold_whole_chunks_out_and_are_kept_for_a_rerun(tmp_path):
+    """`choose --synthesize`: the teacher writes questions with short answers; those whose answer is in
+    the chunk survive, whole chunks go to the held-out part, and a rerun does not ask the teacher again."""
+    from contextlib import nullcontext
+
+    from test_reader import TOWNS, PairTeacher, town_text
+
+    from ragtune.raft import register_teacher
+    from ragtune.workflow.choose import ChooseOptions
+    from ragtune.workflow.synthesis import synthesized_split
+
+    calls = []
+
+    class Counting(PairTeacher):
+        def generate(self, messages, **options):
+            calls.append(1)
+            return super().generate(messages, **options)
+
+    register_teacher("pairs-choose", lambda **_: Counting())
+    kb_of_texts(tmp_path, {f"{t}.txt": town_text(t) for t in TOWNS}).close()
+    options = ChooseOptions(kb=tmp_path / "kb", out=tmp_path / "out", synthesize=12, teacher="pairs-choose")
+    (tmp_path / "out").mkdir()
+    train, test, report = synthesized_split(options, tmp_path / "out", lambda _text: nullcontext())
+    assert report["questions"] == 12 and (len(train), len(test)) == (8, 4)  # 2 usable pairs of 5 per town
+    assert report["dropped"] == {"answer_not_in_chunk": 6, "duplicate": 6, "answer_in_question": 6}
+    assert all(e.answers and e.gold_doc_ids for e in train + test)
+    towns = lambda examples: {next(t for t in TOWNS if t in e.question) for e in examples}  # noqa: E731
+    assert not towns(train) & towns(test)  # a held-out question's chunk trains nothing
+    assert all(e.context and e.answers[0] in e.context for e in train) and not any(e.context for e in test)
+    asked = len(calls)
+    again = synthesized_split(options, tmp_path / "out", lambda _text: nullcontext())
+    assert len(calls) == asked and [e.question for e in again[1]] == [e.question for e in test]
+
+
+def test_too_few_synthesized_questions_stop_choose_before_any_training(tmp_path):
+    from contextlib import nullcontext
+
+    from test_reader import TOWNS, PairTeacher, town_text
+
+    from ragtune.raft import register_teacher
+    from ragtune.workflow.choose import ChooseOptions, choose
+
+    register_teacher("pairs-few", lambda **_: PairTeacher())
+    kb_of_texts(tmp_path, {f"{t}.txt": town_text(t) for t in TOWNS}).close()
+    options = ChooseOptions(kb=tmp_path / "kb", out=tmp_path / "out", synthesize=6, teacher="pairs-few")
+    with pytest.raises(ConfigError) as caught:
+        choose(options, stage=lambda _text: nullcontext())
+    message = " ".join(str(caught.value).split())
+    assert "--synthesize 6: the teacher (pairs-few) wrote" in message and "6 are usable (4 to train, 2 held out)" in message
+    assert "at least 8 and 4" in message and "answer not in chunk" in message and "--synthesize 40" in message
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "raft-data").exists()

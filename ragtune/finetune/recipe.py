@@ -62,7 +62,7 @@ class Training(_Strict):
     # batches of similar length (less padding: faster on CPU when lengths vary, e.g. RAFT contexts)
     group_by_length: bool = False
     # padding-free batches (finetune/packing.py): a micro-batch's examples side by side in rows of at
-    # most packing_length tokens (None: one row per micro-batch), positions restarting per example
+    # most packing_length tokens (None: the longest example's length), positions restarting per example
     packing: bool = False
     packing_length: Optional[int] = Field(None, ge=16)
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -110,13 +110,16 @@ def _prepare_run_dir(recipe, resume: bool) -> tuple[Path, str | None]:
     return run_dir, last if resume else None
 
 
-def collator_for(recipe, tokenizer):
-    """Packed rows (training.packing) or padded ones."""
+def collator_for(recipe, tokenizer, features: list | None = None):
+    """Packed rows (training.packing) or padded ones. Packed rows are at most training.packing_length
+    tokens, by default the longest example's: a row never costs more attention than a padded one
+    (one row of a whole batch ran at 0.66x the padded speed on RAFT examples, see packing.py)."""
     from .encode import PadCollator
     from .packing import PackedCollator
 
     if recipe.training.packing and not recipe.is_classifier:
-        return PackedCollator(tokenizer, recipe.training.packing_length)
+        length = recipe.training.packing_length or max((len(f["input_ids"]) for f in features or []), default=None)
+        return PackedCollator(tokenizer, length)
     return PadCollator(tokenizer, classification=recipe.is_classifier)
 
 
@@ -129,7 +132,7 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
                           time_budget_callbacks, training_arguments)
 
     has_validation = bool(validation_features)
-    collator = collator_for(recipe, tokenizer)
+    collator = collator_for(recipe, tokenizer, [*train_features, *validation_features])
     precision = precision or training_precision(recipe, model, collator, train_features)
     trainer = make_trainer_class()(
         model=model,
@@ -187,7 +190,8 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
             "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
 
-    precision = training_precision(recipe, model, collator_for(recipe, tokenizer), train_set.features,
+    precision = training_precision(recipe, model, collator_for(recipe, tokenizer, train_set.features + validation_set.features),
+                                   train_set.features,
                                    announce=lambda message: console.print(message, highlight=False))
     data["precision"] = precision
     trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,

@@ -77,21 +77,28 @@ def chunk_hit(row) -> Hit:
                start=row["start_char"], end=row["end_char"], page=None, title=row["title"])
 
 
-def kb_items(kb_path, teacher_spec: str, wanted: int, *, seed: int = 0, threads: int | None = None, stage,
-             slots: int = 4) -> tuple[list[ReaderItem], dict]:
+def kb_items(kb_path, teacher_spec: str | None, wanted: int, *, seed: int = 0, threads: int | None = None, stage,
+             slots: int = 4, base_url: str | None = None, max_minutes: float | None = None
+             ) -> tuple[list[ReaderItem], dict]:
     """Up to `wanted` questions with their oracle chunk and the retriever's distractors, and a report
-    (chunks asked, pairs written, why the others were dropped)."""
+    (chunks asked, pairs written, why the others were dropped, whether time or chunks ran out).
+    Generation stops at `wanted` questions, when every chunk was asked, or after `max_minutes`."""
+    import time
+
     from ..kb import KnowledgeBase
     from .questions import QuestionDeduper
     from .teacher import Teacher, make_teacher
 
-    report = {"teacher": teacher_spec, "chunks_asked": 0, "pairs": 0, "questions": 0, "dropped": {}}
+    started = time.monotonic()
+    report = {"teacher": teacher_spec or base_url, "chunks_asked": 0, "chunks": 0, "pairs": 0, "questions": 0,
+              "dropped": {}, "stopped": "chunks ran out"}
     with KnowledgeBase.open(kb_path, readonly=True, threads=threads) as kb:
         rows = [dict(r) for r in kb.store.chunk_rows() if len(r["text"].split()) >= MIN_CHUNK_WORDS]
         if not rows:
             return [], report
         random.Random(seed).shuffle(rows)
-        teacher = Teacher(make_teacher(teacher_spec, threads=threads, slots=slots))
+        report["chunks"] = len(rows)
+        teacher = Teacher(make_teacher(teacher_spec, base_url=base_url, threads=threads, slots=slots))
         deduper, items = QuestionDeduper(), []
         with stage(f"the teacher ({teacher.name}) writing {wanted} questions over {kb_path}") as update:
             for start in range(0, len(rows), slots):
@@ -109,6 +116,10 @@ def kb_items(kb_path, teacher_spec: str, wanted: int, *, seed: int = 0, threads:
                 if update is not None:
                     update(f"{min(len(items), wanted)}/{wanted} kept from {report['chunks_asked']} chunks")
                 if len(items) >= wanted:
+                    report["stopped"] = "enough questions"
+                    break
+                if max_minutes is not None and time.monotonic() - started > max_minutes * 60:
+                    report["stopped"] = f"time budget ({max_minutes:g} min) spent"
                     break
     items = items[:wanted]
     report["questions"] = len(items)

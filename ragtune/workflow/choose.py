@@ -2,8 +2,8 @@
 
 Stages, each resumable (a rerun of the same command skips what is done and continues the rest):
   1. questions: a file (the `eval qa` format, with gold documents and answers) split into a training
-     and a held-out part, or questions synthesised from the knowledge base by a teacher
-     (`ragtune raft build`, which holds whole chunks out for the test);
+     and a held-out part, or questions a teacher writes over the knowledge base (synthesis.py: question
+     and short answer only, checked against the chunk; whole chunks held out for the test);
   2. data: the fine-tuning set (closed-book, in the prompt `ft` is evaluated with) and the RAFT set
      (oracle + hard-negative distractors, quoted reasoning) from the training part only;
   3. training: LoRA for both within `--budget` minutes (a third for fine-tuning, two thirds for RAFT,
@@ -39,6 +39,7 @@ class ChooseOptions:
     out: Path
     questions: Path | None = None
     synthesize: int | None = None
+    synthesis_minutes: float = 30.0  # the teacher writes questions until enough survive or this time is spent
     model: str = "SmolLM2-135M-Instruct"
     teacher: str | None = None
     teacher_base_url: str | None = None
@@ -126,7 +127,8 @@ def recipe(name: str, model: str, train: Path, out: Path, *, max_length: int, mi
         "training": {"learning_rate": settings["learning_rate"], "batch_size": per_step,
                      "gradient_accumulation": max(1, settings["batch_size"] // per_step),
                      "epochs": settings["epochs"], "max_minutes": minutes, "threads": threads,
-                     "group_by_length": True, "checkpoint_every": "epoch", "keep_checkpoints": 1, "warmup": 0.05},
+                     "group_by_length": True, "packing": True, "checkpoint_every": "epoch", "keep_checkpoints": 1,
+                     "warmup": 0.05},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]},
     }, source=f"ragtune choose ({name})")
@@ -166,6 +168,7 @@ def choose(options: ChooseOptions, *, stage) -> dict:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     raft_dir = out / "raft-data"
+    synthesis = None
     if options.questions is not None:
         with stage("splitting the questions"):
             train, test = split_questions(options.questions, options.test_share, options.seed)
@@ -176,17 +179,14 @@ def choose(options: ChooseOptions, *, stage) -> dict:
                 k=options.k, p=options.p, target_model=options.model, seed=options.seed, eval_share=0.0,
                 threads=options.threads))
     else:
-        with stage(f"synthesising about {options.synthesize} questions and their RAFT data with {options.teacher}"):
-            manifest = build_raft(options.kb, BuildOptions(
-                out=raft_dir, teacher=options.teacher, teacher_base_url=options.teacher_base_url, k=options.k,
-                p=options.p, target_model=options.model, seed=options.seed, eval_share=options.test_share,
-                limit=max(1, -(-options.synthesize // 3)), per_chunk=3, threads=options.threads))
-        from ..evaluate.dataset import EvalExample
+        from .synthesis import synthesized_split
 
-        examples = [json.loads(line) for line in (raft_dir / "examples.jsonl").read_text().splitlines() if line]
-        train = [EvalExample(id=e["id"], question=e["question"], answers=[e["answer"]]) for e in examples
-                 if e["split"] != "eval"]
-        test_file = raft_dir / "eval.jsonl"
+        train, test, synthesis = synthesized_split(options, out, stage)
+        train_file, test_file = _write(out / "train.jsonl", train), _write(out / "test.jsonl", test)
+        with stage(f"building RAFT data from {len(train)} synthesised training questions"):
+            manifest = build_raft(options.kb, BuildOptions(
+                out=raft_dir, questions=train_file, k=options.k, p=options.p, target_model=options.model,
+                seed=options.seed, eval_share=0.0, threads=options.threads))
     if not train:
         raise ConfigError("no training questions are left after the filters; give more questions or --synthesize more")
     ft_file = ft_data(train, out / "ft.jsonl")
@@ -209,6 +209,7 @@ def choose(options: ChooseOptions, *, stage) -> dict:
         result = compare_runs(db, ids, knowledge_changes=options.knowledge_changes)
     result["report_dir"] = str(out / "report")
     result["data"] = {"train_questions": len(train), "test_file": str(test_file),
-                      "raft_examples": manifest["counts"]["train_examples"]}
+                      "raft_examples": manifest["counts"]["train_examples"],
+                      **({"synthesis": synthesis} if synthesis else {})}
     write_reports(result, out / "report")
     return result

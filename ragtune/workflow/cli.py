@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
 def choose(
     kb: Path = typer.Argument(..., help="Knowledge base directory."),
     questions: Optional[Path] = typer.Option(None, "--questions", help="Questions with gold_doc_ids and answers (the eval qa format); split into training and test."),
-    synthesize: Optional[int] = typer.Option(None, "--synthesize", help="Instead: have --teacher write about N questions from the knowledge base."),
+    synthesize: Optional[int] = typer.Option(None, "--synthesize", help="Instead: have --teacher write N questions (with short answers found in their chunk) over the knowledge base; whole chunks are held out."),
+    synthesis_minutes: float = typer.Option(30.0, "--synthesis-minutes", help="With --synthesize: stop asking the teacher after this many minutes."),
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="The packaged model (or folder) to adapt and compare."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Model writing questions / reasoning (a packaged model, .gguf, folder or registered name)."),
     teacher_base_url: Optional[str] = typer.Option(None, "--teacher-base-url", help="OpenAI-compatible endpoint serving --teacher."),
@@ -42,7 +43,8 @@ def choose(
         raise typer.BadParameter(f"must be one of {', '.join(KNOWLEDGE_CHANGES)}", param_hint="--knowledge-changes")
     stage = stage_printer(quiet=as_json)
 
-    options = ChooseOptions(kb=kb, out=out_dir, questions=questions, synthesize=synthesize, model=model, teacher=teacher,
+    options = ChooseOptions(kb=kb, out=out_dir, questions=questions, synthesize=synthesize,
+                            synthesis_minutes=synthesis_minutes, model=model, teacher=teacher,
                             teacher_base_url=teacher_base_url, budget_minutes=budget, test_share=test_share, k=k, p=p,
                             seed=seed, threads=threads, concurrency=concurrency, knowledge_changes=knowledge_changes,
                             weight_format=weight_format)
