@@ -115,7 +115,9 @@ def test_weight_format_is_measured_once_per_machine(tmp_path, monkeypatch):
     assert llamacpp_formats.cached_choice(source, tmp_path) == "Q8_0"
     pinned, fmt = llamacpp_formats.runtime_gguf(source, weight_format="Q4_0", cache_dir=tmp_path)
     assert fmt == "Q4_0" and pinned.name == "Q4_0.gguf" and len(calls) == 1
-    monkeypatch.setattr(llamacpp, "cpu_flags", lambda: {"avx2", "fma", "f16c"})
+    from ragtune import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma", "f16c"})  # another CPU: measured again
     other, _ = llamacpp_formats.runtime_gguf(source, cache_dir=tmp_path)
     assert len(calls) == 2 and other.parent != path.parent
     assert llamacpp_formats.runtime_gguf(source, weight_format="source", cache_dir=tmp_path) == (source, "source")
