@@ -14,8 +14,14 @@ from ragtune.demo import latency_line
 pytestmark = pytest.mark.integration
 
 
-def test_demo_answers_three_questions_with_sources(tmp_path):
-    result = run_cli("demo", "--workdir", tmp_path, "--threads", 2, "--json")
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One demo folder for the module: the second demo finds the docs already ingested, as a user's does."""
+    return tmp_path_factory.mktemp("demo")
+
+
+def test_demo_answers_three_questions_with_sources(workdir):
+    result = run_cli("demo", "--workdir", workdir, "--threads", 2, "--json")
     data = json.loads(result.stdout)
     docs = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
     assert data["stats"]["documents"] == len(docs)
@@ -35,9 +41,9 @@ def test_demo_answers_three_questions_with_sources(tmp_path):
     assert data["timings"]["total_s"] < 180
 
 
-def test_demo_prints_answers_in_a_narrow_terminal(tmp_path):
+def test_demo_prints_answers_in_a_narrow_terminal(workdir):
     # layout only: the small model renders the same table in a third of the time
-    result = run_cli("demo", "--workdir", tmp_path, "--threads", 2, "--model", "SmolLM2-135M-Instruct",
+    result = run_cli("demo", "--workdir", workdir, "--threads", 2, "--model", "SmolLM2-135M-Instruct",
                      env={"COLUMNS": "60"})
     assert result.stdout.count("question ") >= 3
     assert "documents" in result.stdout

@@ -231,3 +231,38 @@ def test_cli_init_ingest_search_with_e5(tmp_path):
     run_cli("ingest", kb, tmp_path / "docs")
     hits = json.loads(run_cli("search", kb, "Wie backt man Brot?", "--mode", "dense", "--json").stdout)
     assert hits[0]["source"].endswith("baking.txt")  # a German query finds the English document
+
+
+def test_mean_pooled_models_skip_sentence_transformers_with_the_same_vectors(tmp_path):
+    """The packaged MiniLM runs on transformers directly (3 s less import per command); its vectors equal
+    sentence-transformers' own, and a layout the direct path does not cover still runs on sentence-transformers."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from ragtune.models import resolve_model_dir
+    from ragtune.models.embedders.sentence_transformers import (SentenceTransformerEmbedder, _MeanPooled,
+                                                               mean_pooling_layout)
+
+    source = resolve_model_dir("all-MiniLM-L6-v2")
+    assert mean_pooling_layout(source) == 256
+    texts = ["  leading and trailing spaces  ", "Ünïcode façade – naïve café", "x",
+             "tide " * 400, "How do I install ragtune?", "short"]
+    reference = SentenceTransformer(str(source), device="cpu").encode(texts, normalize_embeddings=True)
+    embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2").load()
+    assert isinstance(embedder._model, _MeanPooled)
+    assert np.abs(embedder.encode(texts, batch_size=4) - reference).max() < 1e-5
+    assert np.abs(embedder.encode_query(texts[4]) - reference[4]).max() < 1e-5
+    assert embedder.dimension == 384
+
+    # CLS pooling is not the direct path's: sentence-transformers runs it, and the result differs
+    cls_model = tmp_path / "cls"
+    shutil.copytree(source, cls_model, symlinks=True)
+    pooling = cls_model / "1_Pooling" / "config.json"
+    pooling.unlink()
+    pooling.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True,
+                                   "pooling_mode_mean_tokens": False}))
+    assert mean_pooling_layout(cls_model) is None
+    other = SentenceTransformerEmbedder(str(cls_model)).load()
+    assert not isinstance(other._model, _MeanPooled)
+    assert np.abs(other.encode_query(texts[4]) - reference[4]).max() > 1e-3

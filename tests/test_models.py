@@ -94,3 +94,31 @@ def test_the_default_answering_model_is_the_best_installed_by_measured_quality()
     assert answer_model("SmolLM2-135M-Instruct") == ("SmolLM2-135M-Instruct", None)  # a named model needs no note
     chosen, note = answer_model(None)
     assert chosen == name and note.startswith(f"answering with {name}") and "\n" not in note
+
+
+def test_a_gguf_header_value_is_read_past_arrays_without_loading_them(tmp_path):
+    """`ragtune models` reads general.file_type from the header only (GGUFReader takes 13 s per file)."""
+    import gguf
+    import numpy as np
+
+    from ragtune.models.gguf import header_value
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "hello", "wörld"] * 50)
+    writer.add_array("tokenizer.ggml.scores", [0.5] * 150)
+    writer.add_array("nested", [[1, 2], [3]])
+    writer.add_string("general.name", "tiny")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)
+    writer.add_tensor("w", np.ones((2, 2), dtype=np.float32))
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        step()
+    writer.close()
+    reader = gguf.GGUFReader(str(path))
+    for key in ("general.architecture", "general.name", "general.file_type"):
+        assert header_value(path, key) == reader.fields[key].contents(), key
+    assert header_value(path, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_1
+    assert header_value(path, "no.such.key") is None
+    (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04 a zip")
+    with pytest.raises(ValueError, match="not a GGUF"):
+        header_value(tmp_path / "not.gguf", "general.name")

@@ -69,12 +69,16 @@ def _joined(spec, cache_dir) -> bool:
 
 def _file_type(path) -> str | None:
     """The GGUF's declared weight type (general.file_type), e.g. Q4_1, read from the header only."""
-    try:
-        import gguf
+    import struct
 
-        field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
-        return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.replace("MOSTLY_", "") if field else None
-    except Exception:  # a part file or an unknown type: the column stays empty, the listing goes on
+    import gguf
+
+    from .gguf import header_value
+
+    try:
+        code = header_value(path, "general.file_type")
+        return gguf.LlamaFileType(int(code)).name.replace("MOSTLY_", "") if code is not None else None
+    except (OSError, ValueError, struct.error):  # an unreadable part or an unknown type: the column stays empty
         return None
 
 
