@@ -13,9 +13,15 @@ on question -> answer, no docs), ft+rag (that model with the docs), raft (a RAFT
 of thought, then the answer; evaluated with the retrieved docs). Answers are Gorilla's format on one
 line, `<<<domain>>>: ... <<<api_call>>>: ... <<<api_provider>>>: ... <<<explanation>>>: ... <<<code>>>: ...`,
 scored by the `gorilla-ast` scorer (gorilla's ast_eval_th.py): accuracy, hallucination, exact_api.
-Runs are stored and compared through `ragtune compare`'s machinery (intervals, recommendation, report).
+Runs are stored and compared through `ragtune compare`'s machinery (intervals, recommendation, report),
+and every strategy against rag (`vs_rag`: difference, paired 95% interval, McNemar p).
 
-  python bench/raft_torchhub.py [--eval FILE] [--models smollm2,qwen] [--train-limit N] [--json]
+Training runs on the CPU-speed settings (packing, LoRA in the top `--layers` blocks) within a wall-clock
+budget per model (`--ft-minutes`, `--raft-minutes`): the schedule is fitted to the budget, and the JSON
+says how many examples each model saw, so a run is one point of the accuracy-per-minute curve.
+
+  python bench/raft_torchhub.py [--eval FILE] [--models smollm2,qwen] [--train-limit N]
+                                [--ft-minutes M] [--raft-minutes M] [--layers N] [--json]
 """
 
 from __future__ import annotations
@@ -53,18 +59,18 @@ def build_kb(work: Path, threads: int) -> Path:
 
 
 def recipe_for(name: str, model: str, train: Path, out: Path, *, max_length: int, epochs: float, threads: int,
-               learning_rate: float, batch_size: int = 8):
+               learning_rate: float, minutes: float | None, layers: int | None, batch_size: int = 8):
     from ragtune.finetune.recipe import validate_recipe
 
     return validate_recipe({
         "name": name, "method": "lora", "model": model, "output_dir": str(out),
         "data": {"train": str(train), "max_length": max_length, "validation_share": 0.0},
         "training": {"learning_rate": learning_rate, "scheduler": "cosine", "warmup": 0.05, "epochs": epochs,
-                     # the effective batch is 8 either way; long RAFT examples go 2 at a time, as the
-                     # logits of 8 x 1,400 tokens over a 49k vocabulary alone need gigabytes
-                     "batch_size": batch_size, "gradient_accumulation": 8 // batch_size, "threads": threads, "group_by_length": True, "logging_steps": 10,
+                     # padding-free rows, logits only where the loss is; the effective batch is 8 either way
+                     "batch_size": batch_size, "gradient_accumulation": 8 // batch_size, "threads": threads,
+                     "packing": True, "logging_steps": 10, "max_minutes": minutes,
                      "checkpoint_every": "epoch", "keep_checkpoints": 1},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "layers": layers,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]},
     }, source=name)
 
@@ -82,8 +88,11 @@ def train_and_export(recipe, gguf: Path) -> tuple[Path, dict]:
     trained = time.perf_counter() - started
     if not gguf.is_file():
         export_gguf(run_dir, gguf)
+    saved = json.loads(metrics.read_text())
+    steps = max((h.get("step", 0) for h in saved.get("history", [])), default=0)
     return gguf, {"train_s": round(trained, 1), "export_s": round(time.perf_counter() - started - trained, 1),
-                  **json.loads(metrics.read_text())["data"]}
+                  "optimizer_steps": steps, "examples_seen": steps * recipe.training.batch_size
+                  * recipe.training.gradient_accumulation, **saved["data"]}
 
 
 def evaluate(model_key: str, model: str, args, work: Path, kb_path: Path, pool: list, held: list, stages: dict) -> dict:
@@ -115,20 +124,23 @@ def evaluate(model_key: str, model: str, args, work: Path, kb_path: Path, pool: 
 
     ft_gguf, stages["ft"] = train_and_export(
         recipe_for(f"torchhub-ft-{model_key}", model, ft_data, mwork / "ft-run", max_length=768, epochs=args.epochs,
-                   threads=args.threads, learning_rate=args.learning_rate), mwork / "ft.gguf")
+                   threads=args.threads, learning_rate=args.learning_rate, minutes=args.ft_minutes, layers=args.layers),
+        mwork / "ft.gguf")
     raft_gguf, stages["raft"] = train_and_export(
         recipe_for(f"torchhub-raft-{model_key}", model, mwork / "raft-data" / "chat.jsonl", mwork / "raft-run",
                    max_length=raft_max, epochs=args.epochs, threads=args.threads, learning_rate=args.learning_rate,
-                   batch_size=2),
+                   minutes=args.raft_minutes, layers=args.layers, batch_size=4),
         mwork / "raft.gguf")
 
     scorer = get_scorer("gorilla-ast", api_file=str(DATA / "torchhub_api.jsonl"))
     generators = {"base": make_generator(model, threads=args.threads, slots=args.concurrency),
                   "ft": make_generator(str(ft_gguf), threads=args.threads, slots=args.concurrency),
                   "raft": make_generator(str(raft_gguf), threads=args.threads, slots=args.concurrency)}
+    t0 = time.perf_counter()
     for generator in generators.values():  # loaded (and their weight format chosen) before any timing
         if hasattr(generator, "load"):
             generator.load()
+    stages["load_models_s"] = round(time.perf_counter() - t0, 1)
     run_ids = []
     with KnowledgeBase.open(kb_path, threads=args.threads) as kb, RunsDB(mwork / "runs.db") as db:
         kb.embedder.encode_query("warm up")
@@ -152,7 +164,7 @@ def evaluate(model_key: str, model: str, args, work: Path, kb_path: Path, pool: 
             log(f"{model_key} {name}: accuracy {summary['metrics'].get('accuracy', 0):.3f} "
                 f"({stages[f'eval_{name}_s']} s)")
             run_ids.append(summary["run_id"])
-        result = compare_runs(db, run_ids, metric="accuracy", knowledge_changes="monthly")
+        result = compare_runs(db, run_ids, metric="accuracy", knowledge_changes="monthly", baseline="rag")
     write_reports(result, RESULTS / f"raft_torchhub_{model_key}")
     return result
 
@@ -165,7 +177,10 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, help="score only the first N held-out questions")
     parser.add_argument("--k", type=int, default=2, help="distractors per RAFT example; retrieval shows k + 1 docs")
     parser.add_argument("--p", type=float, default=0.8, help="probability that the oracle is in a RAFT example")
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=3, help="the plan; --ft-minutes/--raft-minutes may end it sooner")
+    parser.add_argument("--ft-minutes", type=float, default=6, help="wall-clock training budget of the ft model")
+    parser.add_argument("--raft-minutes", type=float, default=18, help="wall-clock training budget of the RAFT model")
+    parser.add_argument("--layers", type=int, default=8, help="LoRA in the top N blocks only (0: all blocks)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=64, help="answer budget (the api_call comes second)")
     parser.add_argument("--raft-tokens", type=int, default=192, help="RAFT budget: the quoting reasoning, then the answer")
@@ -174,6 +189,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ragtune-bench-raft-torchhub"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    args.layers = args.layers or None
     if not DATA.is_dir():
         sys.exit(f"{DATA} is missing: this bench needs ../shared/datasets/gorilla-torchhub")
     from ragtune.runtime import enforce_offline
@@ -195,8 +211,13 @@ def main() -> None:
             sys.exit(f"--models: unknown {key!r}; choose from {', '.join(MODELS)}")
         stages: dict = {}
         result = evaluate(key, MODELS[key], args, args.work, kb_path, pool, held, stages)
-        output[key] = {name: {m: round(result["strategies"][name].get(m, 0.0), 4)
-                              for m in ("accuracy", "hallucination", "exact_api")} for name in STRATEGIES}
+        versus = result["versus"]["rows"]
+        output[key] = {name: {**{m: round(result["strategies"][name].get(m, 0.0), 4)
+                                 for m in ("accuracy", "hallucination", "exact_api")},
+                              **({"vs_rag": {"diff": round(versus[name]["difference"], 4),
+                                             "ci": [round(versus[name]["low"], 4), round(versus[name]["high"], 4)],
+                                             "p": round(versus[name]["p_value"], 4)}} if name in versus else {})}
+                       for name in STRATEGIES}
         details[key] = {"stages": stages, "recommendation": result["recommendation"], "n": result["n_examples"],
                         "differences": result["differences"]["accuracy"], "intervals": result["intervals"]}
     details["wall_s"] = round(time.perf_counter() - started, 1)
@@ -212,10 +233,12 @@ def main() -> None:
 
     for key, rows in output.items():
         table = Table(title=f"Torch Hub, {MODELS[key]}, {details[key]['n']} questions (gorilla-ast)")
-        for column in ("strategy", "accuracy", "hallucination", "exact_api"):
+        for column in ("strategy", "accuracy", "hallucination", "exact_api", "vs rag [95% CI], p"):
             table.add_column(column, justify="left" if column == "strategy" else "right")
         for name, metrics in rows.items():
-            table.add_row(name, *(f"{metrics[m]:.3f}" for m in ("accuracy", "hallucination", "exact_api")))
+            vs = metrics.get("vs_rag")
+            versus_text = f"{vs['diff']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}], {vs['p']:.3g}" if vs else "-"
+            table.add_row(name, *(f"{metrics[m]:.3f}" for m in ("accuracy", "hallucination", "exact_api")), versus_text)
         Console().print(table)
         Console().print(f"recommendation: {details[key]['recommendation']['strategy']}")
     Console().print(f"wall time {details['wall_s']} s; stages in {RESULTS / 'raft_torchhub.json'}")

@@ -157,3 +157,21 @@ def test_a_tie_within_latency_noise_prefers_the_strategy_without_training(tmp_pa
         rec = compare_runs(db, ids, knowledge_changes="monthly", n_boot=N_BOOT)["recommendation"]
     assert set(rec["tied"]) == {"ft+rag", "rag"}
     assert rec["strategy"] == "rag" and any("needs no training" in r for r in rec["reasons"])
+
+
+def test_every_strategy_against_a_named_baseline(three, tmp_path):
+    """`compare --baseline rag`: each other strategy's difference to rag with its interval and p, whatever the best."""
+    db, ids = three
+    result = compare_runs(db, ids, n_boot=N_BOOT, baseline="rag")
+    versus = result["versus"]
+    assert versus["baseline"] == "rag" and versus["metric"] == "f1" and set(versus["rows"]) == {"base", "ft+rag"}
+    base = versus["rows"]["base"]
+    means = result["strategies"]
+    assert base["difference"] == pytest.approx(means["base"]["f1"] - means["rag"]["f1"])
+    assert base["low"] <= base["difference"] <= base["high"] < 0 and base["separable"] and base["p_value"] < 0.05
+    assert not versus["rows"]["ft+rag"]["separable"]  # 0.61 vs 0.6: the data cannot tell them apart
+    data = write_reports(result, tmp_path / "out")
+    assert data["versus"] == versus and "Against rag" in (tmp_path / "out" / "report.md").read_text()
+    assert "versus" not in write_reports(compare_runs(db, ids, n_boot=N_BOOT), tmp_path / "plain")
+    with pytest.raises(ConfigError, match="--baseline raft: no such strategy"):
+        compare_runs(db, ids, n_boot=N_BOOT, baseline="raft")

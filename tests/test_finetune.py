@@ -355,3 +355,51 @@ def test_lora_layers_adapt_only_the_top_blocks(tmp_path):
     assert adapted == {depth - 2, depth - 1}
     with pytest.raises(ConfigError, match="lora.layers is 99 .* at most 30"):
         build_causal_lm(validate_recipe({"method": "lora", "data": {"train": str(data)}, "lora": {"layers": 99}}), model_dir)
+
+
+def test_a_schedule_is_refitted_to_end_where_the_budget_ends():
+    import torch
+    from transformers import get_cosine_schedule_with_warmup, get_constant_schedule
+
+    from ragtune.finetune.trainer import fit_schedule_to
+
+    def lrs(scheduler, steps):
+        values = []
+        for _ in range(steps):
+            values.append(scheduler.get_last_lr()[0])
+            scheduler.optimizer.step()
+            scheduler.step()
+        return values
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=10, num_training_steps=100)
+    lrs(scheduler, 5)
+    assert fit_schedule_to(scheduler, 40, 100) == 40
+    rest = lrs(scheduler, 36)  # steps 5..40
+    assert rest[-1] < 0.01 and max(rest) > 0.95  # warmup scaled to 4 steps, then cosine to 0 at 40
+    flat = get_constant_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    assert fit_schedule_to(flat, 40, 100) is None
+
+
+def test_a_time_budget_ends_training_at_a_low_learning_rate(tmp_path):
+    """training.max_minutes: the cosine schedule ends with the budget, not at a high rate mid-plan."""
+    from conftest import two_block_smollm2
+
+    from ragtune.finetune.recipe import validate_recipe
+    from ragtune.finetune.run import train
+
+    model = two_block_smollm2(tmp_path / "smollm2-2-blocks")
+    write_codes(tmp_path / "codes.jsonl")
+    recipe = validate_recipe({"name": "budget", "method": "lora", "model": str(model), "output_dir": str(tmp_path / "run"),
+                              "data": {"train": str(tmp_path / "codes.jsonl"), "max_length": 64, "validation_share": 0},
+                              "training": {"learning_rate": 1e-3, "epochs": 200, "batch_size": 2, "threads": 2,
+                                           "max_minutes": 0.2, "logging_steps": 1, "warmup": 0.05}})
+    started = time.monotonic()
+    train(recipe, progress=False)
+    took = time.monotonic() - started
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    rates = [h["learning_rate"] for h in history if "learning_rate" in h]
+    planned = 200 * 12 // 2  # 12 examples, batch 2, 200 epochs
+    assert 10 < len(rates) < planned
+    assert rates[-1] < 0.1 * max(rates), (len(rates), rates[-12:])  # decayed to (nearly) nothing by the last step
+    assert took < 60

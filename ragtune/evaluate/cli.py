@@ -204,6 +204,7 @@ def compare(
     runs_db: Optional[Path] = RUNS_DB_OPTION,
     metric: Optional[str] = typer.Option(None, "--metric", help="Primary metric (default correct when every example has a label, else f1)."),
     knowledge_changes: str = typer.Option("monthly", "--knowledge-changes", help="daily, monthly or never: changing knowledge favours retrieval."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also compare every strategy with this one (e.g. rag): difference, 95% interval, p (report.json 'versus')."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and report.html."),
     as_json: bool = JSON_OPTION,
 ):
@@ -236,7 +237,7 @@ def compare(
         raise ConfigError(f"{'--runs-db' if runs_db else '--kb' if kb else '--runs-db'}: no runs database at {path}; "
                           "run `ragtune eval qa` first or pass --runs-db")
     with open_runs_db(path, None) as db:
-        result = compare_runs(db, ids, metric=metric, knowledge_changes=knowledge_changes,
+        result = compare_runs(db, ids, metric=metric, knowledge_changes=knowledge_changes, baseline=baseline,
                               **({"n_boot": QUICK_BOOTSTRAP} if quick else {}))
     if quick:
         result["recommendation"]["reasons"].append(

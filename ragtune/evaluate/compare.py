@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .runner import _percentile
-from .significance import compare_to_best, paired_bootstrap
+from .significance import compare_to, compare_to_best, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,10 @@ def _examples(ids: list[str], names: list[str], runs: list[dict], primary: str, 
 
 
 def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge_changes: str = "monthly",
-                 n_boot: int = 10_000, seed: int = 0) -> dict:
+                 n_boot: int = 10_000, seed: int = 0, baseline: str | None = None) -> dict:
     """Everything the reports show: means, differences to the best with intervals and p-values per
-    metric, per-category means, latency, tokens, example answers and the recommendation."""
+    metric, per-category means, latency, tokens, example answers and the recommendation; with
+    `baseline` (a strategy's name, e.g. rag), every other one against it on the primary metric too."""
     if knowledge_changes not in KNOWLEDGE_CHANGES:
         raise ConfigError(f"--knowledge-changes must be one of {', '.join(KNOWLEDGE_CHANGES)}, got {knowledge_changes!r}")
     runs = load_runs(db, run_ids)
@@ -250,6 +251,13 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             index = [k for k, i in enumerate(ids) if category_of.get(i) == category]
             categories[category] = {name: float(scores[metric][name][index].mean()) for name in names}
             categories[category]["n"] = len(index)
+    versus = None
+    if baseline is not None:
+        if baseline not in scores[metric]:
+            raise ConfigError(f"--baseline {baseline}: no such strategy among the runs ({', '.join(names)})")
+        binary = metric in BINARY_METRICS and all(np.isin(v, (0, 1)).all() for v in scores[metric].values())
+        rows_vs = compare_to(scores[metric], baseline, binary=binary, n=n_boot, seed=seed)
+        versus = {"baseline": baseline, "metric": metric, "rows": {n: r.as_dict() for n, r in rows_vs.items()}}
     recommendation = _recommend(metric, stats, comparisons[metric],
                                 # a run retrieved when it recorded a knowledge base (rag, ft+rag, raft+rag, custom)
                                 {name: bool(run.get("kb_path")) for name, run in zip(names, runs)}, knowledge_changes,
@@ -263,5 +271,5 @@ def compare_runs(db, run_ids: list[str], *, metric: str | None = None, knowledge
             "dropped_examples": dropped, "strategies": strategies, "intervals": intervals,
             "differences": {m: {"best": c["best"], "rows": {n: r.as_dict() for n, r in c["comparisons"].items()}}
                             for m, c in comparisons.items()},
-            "latencies": {name: stats[name]["latencies"] for name in names}, "categories": categories,
+            "versus": versus, "latencies": {name: stats[name]["latencies"] for name in names}, "categories": categories,
             "examples": _examples(ids, names, runs, metric, dataset), "recommendation": recommendation}

@@ -127,7 +127,8 @@ def scripting(result: dict, out_dir: Path) -> dict:
             "report": str(out_dir / "report.html"), "metric": result["metric"],
             "knowledge_changes": result["knowledge_changes"], "n_examples": result["n_examples"],
             "dropped_examples": result["dropped_examples"], "differences": result["differences"],
-            "categories": result["categories"]}
+            "categories": result["categories"],
+            **({"versus": result["versus"]} if result.get("versus") else {})}
 
 
 def markdown(result: dict) -> str:
@@ -137,6 +138,13 @@ def markdown(result: dict) -> str:
              f"as missing from some run); primary metric `{result['metric']}`; knowledge changes "
              f"{result['knowledge_changes']}.", "", f"**Recommendation: {rec['strategy'] or 'none'}**", ""]
     lines += [f"- {reason}" for reason in rec["reasons"]]
+    if result.get("versus"):
+        versus = result["versus"]
+        lines += ["", f"Against {versus['baseline']} ({versus['metric']}, paired 95% interval, {versus['metric']} of "
+                      f"the strategy minus {versus['baseline']}'s):", ""]
+        lines += [f"- {name}: {row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}], p = {row['p_value']:.3g}"
+                  f" ({row['test']}){'' if row['separable'] else ', not separable'}"
+                  for name, row in versus["rows"].items()]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
     if result["categories"]:

@@ -184,17 +184,28 @@ def compare_to_best(scores_by_strategy: Mapping[str, Sequence[float]], higher_is
     means = {name: float(values.mean()) for name, values in arrays.items()}
     sign = 1 if higher_is_better else -1
     best = max(names, key=lambda name: (sign * means[name], -names.index(name)))
+    comparisons = compare_to(arrays, best, binary=binary, n=n, seed=seed, confidence=confidence, alpha=alpha)
+    return {"best": best, "means": means, "comparisons": comparisons}
+
+
+def compare_to(scores_by_strategy: Mapping[str, Sequence[float]], reference: str, binary: bool = False, *,
+               n: int = 10_000, seed: int = 0, confidence: float = 0.95, alpha: float = 0.05) -> dict[str, Comparison]:
+    """Every strategy against `reference` (the best, or a baseline such as rag): mean(other) - mean(reference)
+    with its paired-bootstrap interval and McNemar's p (binary scores) or the bootstrap's."""
+    arrays = {name: np.asarray(s, dtype=float) for name, s in scores_by_strategy.items()}
+    if reference not in arrays:
+        raise ValueError(f"no scores for {reference!r} to compare against")
     comparisons = {}
-    for name in names:
-        if name == best:
+    for name, values in arrays.items():
+        if name == reference:
             continue
-        boot = paired_bootstrap(arrays[name], arrays[best], n=n, seed=seed, confidence=confidence)
+        boot = paired_bootstrap(values, arrays[reference], n=n, seed=seed, confidence=confidence)
         if binary:
-            p_value, test = mcnemar(arrays[name], arrays[best]).p_value, "mcnemar"
+            p_value, test = mcnemar(values, arrays[reference]).p_value, "mcnemar"
         else:
             p_value, test = boot.p_value, "paired_bootstrap"
         separable = interval_excludes_zero(boot.low, boot.high) and p_value < alpha
-        comparisons[name] = Comparison(name, best, boot.difference, boot.low, boot.high, p_value, test, separable)
-        logger.debug("%s vs best %s: %+.4f [%.4f, %.4f] p=%.4g (%s)", name, best, boot.difference,
+        comparisons[name] = Comparison(name, reference, boot.difference, boot.low, boot.high, p_value, test, separable)
+        logger.debug("%s vs %s: %+.4f [%.4f, %.4f] p=%.4g (%s)", name, reference, boot.difference,
                      boot.low, boot.high, p_value, test)
-    return {"best": best, "means": means, "comparisons": comparisons}
+    return comparisons

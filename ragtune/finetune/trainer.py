@@ -238,7 +238,12 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
 
 def time_budget_callbacks(recipe) -> list:
     """training.max_minutes: stop at the first optimizer step past the budget, saving the model as
-    at a normal end (a budget, not a crash: the run is complete, just shorter)."""
+    at a normal end (a budget, not a crash: the run is complete, just shorter).
+
+    A schedule planned for all epochs and cut off by the clock would end at a high learning rate, the
+    model left where the optimizer was still moving fastest. So once a few steps have been timed, a
+    decaying schedule (linear, cosine) is re-planned to end where the budget does, and the run stops
+    at the re-planned end."""
     if not recipe.training.max_minutes:
         return []
     import time
@@ -249,12 +254,27 @@ def time_budget_callbacks(recipe) -> list:
 
     class TimeBudget(TrainerCallback):
         started = None
+        planned: int | None = None  # the step the schedule now ends at, once fitted
+        checked = 0.0  # the share of the budget at the last re-plan
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
+            self.first_step = state.global_step  # a resumed run counts from where it starts
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.started is not None and time.monotonic() - self.started > limit:
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            if self.started is None:
+                return control
+            elapsed = time.monotonic() - self.started
+            done = state.global_step - self.first_step
+            # re-planned after 3 steps, then at each further tenth of the budget as the estimate firms up
+            if done >= 3 and (self.planned is None or elapsed / limit >= self.checked + 0.1):
+                self.checked = elapsed / limit
+                fits = min(state.max_steps, state.global_step + int((limit - elapsed) / (elapsed / done)))
+                current = self.planned or state.max_steps
+                if abs(fits - current) > 0.05 * current and fit_schedule_to(lr_scheduler, fits, state.max_steps):
+                    self.planned = fits
+                self.planned = self.planned or state.max_steps
+            if elapsed > limit or (self.planned is not None and state.global_step >= self.planned):
                 logger.info("training.max_minutes (%.1f) reached at step %d; stopping", recipe.training.max_minutes,
                             state.global_step)
                 control.should_training_stop = True
@@ -262,6 +282,26 @@ def time_budget_callbacks(recipe) -> list:
             return control
 
     return [TimeBudget()]
+
+
+def fit_schedule_to(scheduler, steps: int, planned: int) -> int | None:
+    """Make a transformers warmup-then-decay schedule end at `steps` instead of `planned`; returns
+    `steps`, or None when the schedule is not one whose length can be changed (constant, custom)."""
+    from functools import partial
+
+    lambdas = getattr(scheduler, "lr_lambdas", None) or []  # LambdaLR, as transformers.get_scheduler builds
+    changed = False
+    for index, function in enumerate(lambdas):
+        keywords = getattr(function, "keywords", None)
+        if isinstance(function, partial) and keywords and "num_training_steps" in keywords:
+            warmup = keywords.get("num_warmup_steps", 0)
+            lambdas[index] = partial(function.func, *function.args, **{
+                **keywords, "num_training_steps": steps,
+                "num_warmup_steps": min(warmup, max(0, round(warmup * steps / planned)))})
+            changed = True
+    if changed:
+        logger.info("time budget: the learning-rate schedule now ends at step %d of %d planned", steps, planned)
+    return steps if changed else None
 
 
 def early_stopping_callbacks(recipe, has_validation: bool) -> list:
