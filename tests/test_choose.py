@@ -49,11 +49,12 @@ def test_choose_builds_trains_compares_and_resumes(tmp_path):
     questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a], "gold_doc_ids": [d]}) + "\n"
                                  for i, (q, a, d) in enumerate(QUESTIONS)))
     out = tmp_path / "choose"
-    args = ["choose", tmp_path / "kb", "--questions", questions, "--out", out, "--budget", "0.5", "--threads", "2",
+    args = ["choose", tmp_path / "kb", "--questions", questions, "--out", out, "--budget", "0.3", "--threads", "2",
             "--weight-format", "source", "--json"]
     data = json.loads(run_cli(*args, timeout=900).stdout)
     assert set(data["strategies"]) == {"base", "rag", "ft", "ft+rag", "raft+rag"}
     assert data["recommendation"]["reasons"] and (out / "report" / "report.html").is_file()
+    assert set(data["versus"]["rows"]) == {"base", "ft", "ft+rag", "raft+rag"}  # each against rag, with its interval
     for name in ("ft", "raft+rag"):  # both trained, and what it cost is reported
         assert data["strategies"][name]["training"]["train_seconds"] > 0
     manifest = json.loads((out / "raft-data" / "manifest.json").read_text())

@@ -188,7 +188,7 @@ def test_cli_search_json_explain_and_errors(records_kb):
     assert len(hits) == 3 and hits[0]["doc_id"].startswith("sailing")
     assert {"doc_id", "source", "chunk_id", "text", "score", "start", "end", "page", "ranks"} <= set(hits[0])
     assert "fused" in hits[0]["ranks"]
-    plain = json.loads(run_cli("search", kb.path, "sailing upwind", "--json").stdout)
+    plain = json.loads(run_cli("search", kb.path, "sailing upwind", "--mode", "lexical", "--json").stdout)
     assert "ranks" not in plain[0]
     table = run_cli("search", kb.path, "sailing upwind", "--explain", env={"COLUMNS": "200"}).stdout
     assert "dense" in table and "lexical" in table

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..models.gguf import GGUFHeader
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     run_dir, out = Path(run_dir).expanduser(), _output_path(out, overwrite)
     recipe = load_run_recipe(run_dir)
     _require_causal(recipe, "--gguf")
-    base = gguf.GGUFReader(_base_gguf(recipe))
+    base = GGUFHeader(_base_gguf(recipe))
     arch, permute = _architecture(base, recipe.model)
     model = trained_causal_lm(recipe, run_dir)
     config = model.config
@@ -63,7 +64,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     tensors = {}
     with torch.no_grad():
         for name, weight in model.state_dict().items():
-            if name == "lm_head.weight" and tied and not any(r.name == "output.weight" for r in base.tensors):
+            if name == "lm_head.weight" and tied and not any(t[0] == "output.weight" for t in base.tensors):
                 continue  # tied to the embeddings: llama.cpp uses token_embd when output.weight is absent
             target = mapping.get_name(name, try_suffixes=(".weight", ".bias"))
             if target is None:
@@ -80,9 +81,9 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     _copy_metadata(base, writer, skip={"general.file_type", "general.quantization_version", "general.name"})
     writer.add_name(recipe.name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for record in base.tensors:  # the base file's order; a separate output layer (if any) goes last
-        if record.name in tensors:
-            writer.add_tensor(record.name, tensors.pop(record.name))
+    for name, _shape, _kind in base.tensors:  # the base file's order; a separate output layer (if any) goes last
+        if name in tensors:
+            writer.add_tensor(name, tensors.pop(name))
     for name, array in tensors.items():
         writer.add_tensor(name, array)
     _finish(writer, out)
@@ -115,11 +116,11 @@ def export_gguf_adapter(run_dir: str | Path, out: str | Path, *, overwrite: bool
         raise ConfigError(f"{run_dir} has no finished adapter ({weights_path} is missing); finish it with `ragtune train --resume`")
     config = _read_json(adapter_dir / "adapter_config.json")
     scaling, rank = _peft_scaling(config)
-    base = gguf.GGUFReader(_base_gguf(recipe))
+    base = GGUFHeader(_base_gguf(recipe))
     arch, permute = _architecture(base, recipe.model)
-    heads = {key: int(base.fields[f"{arch}.attention.{key}"].contents()) for key in ("head_count", "head_count_kv")}
-    mapping = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], int(base.fields[f"{arch}.block_count"].contents()))
-    shapes = {record.name: tuple(int(n) for n in record.shape) for record in base.tensors}  # ggml order: (in, out)
+    heads = {key: int(base.get(f"{arch}.attention.{key}")) for key in ("head_count", "head_count_kv")}
+    mapping = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], int(base.get(f"{arch}.block_count")))
+    shapes = {name: tuple(int(n) for n in shape) for name, shape, _kind in base.tensors}  # ggml order: (in, out)
 
     pairs: dict[str, dict[str, "torch.Tensor"]] = {}
     for key, tensor in load_file(str(weights_path)).items():
@@ -184,7 +185,7 @@ def _base_gguf(recipe) -> Path:
 
 
 def _architecture(reader, model_name: str) -> tuple[str, bool]:
-    arch = str(reader.fields["general.architecture"].contents())
+    arch = str(reader.get("general.architecture"))
     if arch not in ARCHITECTURES:
         raise ConfigError(f"GGUF export of {model_name} ({arch} architecture) is not supported; "
                           f"supported: {', '.join(ARCHITECTURES)}")
@@ -203,7 +204,7 @@ def _peft_scaling(config: dict) -> tuple[float, int]:
 
 
 def _check_against_base(reader, tensors: dict, *, allow_extra: set[str]) -> None:
-    expected = {record.name: tuple(int(n) for n in reversed(record.shape)) for record in reader.tensors}
+    expected = {name: tuple(int(n) for n in reversed(shape)) for name, shape, _kind in reader.tensors}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected) - allow_extra)
     wrong = [f"{name} {tensors[name].shape} vs {shape}" for name, shape in expected.items()
@@ -215,14 +216,10 @@ def _check_against_base(reader, tensors: dict, *, allow_extra: set[str]) -> None
 
 
 def _copy_metadata(reader, writer, *, skip: set[str]) -> None:
-    import gguf
-
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in skip:
-            continue  # GGUF.* are the header; the writer sets the architecture itself
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), kind, sub_type=sub)
+    for key, (kind, sub, value) in reader.fields.items():
+        if key == "general.architecture" or key in skip:
+            continue  # the writer sets the architecture itself
+        writer.add_key_value(key, value, kind, sub_type=sub)
 
 
 def _block_order(name: str):

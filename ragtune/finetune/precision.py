@@ -86,7 +86,7 @@ def probe(model, batch: dict, *, classifier: bool = False) -> dict:
     """Time training steps in fp32 and bf16 autocast on `batch`; leaves no gradient and no RNG drift."""
     import torch
 
-    from .trainer import causal_lm_loss, takes_logits_to_keep, weighted_classification_loss
+    from .trainer import probe_step
 
     hidden = getattr(getattr(model, "config", None), "hidden_size", 512)
     gemm = gemm_slowdown(hidden)
@@ -96,19 +96,11 @@ def probe(model, batch: dict, *, classifier: bool = False) -> dict:
     rng = torch.get_rng_state()
     was_training = model.training
     model.train()
-    keep = not classifier and takes_logits_to_keep(model)
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight")}
 
     def step(precision: str) -> tuple[float, float]:
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            if classifier:
-                loss = weighted_classification_loss(model(**inputs).logits, batch["labels"])
-            else:
-                loss, _ = causal_lm_loss(model, dict(inputs), batch["labels"], batch.get("weight"), keep_logits=keep)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        return time.perf_counter() - started, float(loss.detach())
+        loss = probe_step(model, batch, precision=precision, classifier=classifier)
+        return time.perf_counter() - started, loss
 
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     losses: dict[str, float] = {}

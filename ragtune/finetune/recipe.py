@@ -56,6 +56,9 @@ class Training(_Strict):
     max_minutes: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
+    # measure a step of the longest examples first and, where batch_size of them would not fit in
+    # memory, train fewer at a time with more accumulation (finetune/memory.py)
+    fit_memory: bool = True
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False

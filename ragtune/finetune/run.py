@@ -155,6 +155,28 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
     return trainer
 
 
+def _fitted_to_memory(recipe, model, tokenizer, features, precision, last, console):
+    """The recipe with the micro-batch that fits memory (finetune/memory.py); a resumed run keeps its checkpoint's."""
+    from .memory import fit_micro_batch
+
+    t = recipe.training
+    if last is not None:
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        size = int(state.get("train_batch_size") or t.batch_size)
+        if size == t.batch_size or (t.batch_size * t.gradient_accumulation) % size:
+            return recipe, None
+        accumulation = t.batch_size * t.gradient_accumulation // size
+        record = {"micro_batch": size, "gradient_accumulation": accumulation, "from": "the checkpoint"}
+    else:
+        size, accumulation, record = fit_micro_batch(
+            recipe, model, collator_for(recipe, tokenizer, features), features, precision=precision,
+            announce=lambda message: console.print(message, highlight=False))
+        if size == t.batch_size:
+            return recipe, record
+    training = t.model_copy(update={"batch_size": size, "gradient_accumulation": accumulation})
+    return recipe.model_copy(update={"training": training}), record
+
+
 def train(recipe, *, resume: bool = False, progress: bool = True, console=None, callbacks=()) -> TrainResult:
     """Train `recipe` (a validated Recipe) and write its run directory."""
     from rich.console import Console
@@ -194,6 +216,7 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
                                    train_set.features,
                                    announce=lambda message: console.print(message, highlight=False))
     data["precision"] = precision
+    recipe, data["memory"] = _fitted_to_memory(recipe, model, tokenizer, train_set.features, precision, last, console)
     trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,
                             run_dir / "checkpoints", progress=progress, callbacks=callbacks, precision=precision)
     console.print(f"training {recipe.name}: {recipe.method} on {recipe.model} in {precision}, {trainable:,} of {total:,} "

@@ -112,6 +112,25 @@ def weighted_classification_loss(logits, labels, class_weights=None, num_items=N
     return per_example.sum() / num_items
 
 
+def probe_step(model, batch: dict, *, precision: str = "fp32", classifier: bool = False) -> float:
+    """One forward (the loss as training computes it) and backward on `batch`, the gradients dropped
+    after; returns the loss. What the precision and memory probes measure."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight")}
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if classifier:
+                loss = weighted_classification_loss(model(**inputs).logits, batch["labels"])
+            else:
+                loss, _ = causal_lm_loss(model, dict(inputs), batch["labels"], batch.get("weight"),
+                                         keep_logits=takes_logits_to_keep(model))
+        loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def classification_metrics(eval_prediction) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support

@@ -206,7 +206,7 @@ def choose(options: ChooseOptions, *, stage) -> dict:
             with stage(f"comparing {', '.join(STRATEGIES)} on the held-out questions"):
                 ids = [summary["run_id"] for summary in run_plan(plan, db)]
             done_file.write_text(json.dumps(ids))  # a rerun reports these runs instead of answering again
-        result = compare_runs(db, ids, knowledge_changes=options.knowledge_changes)
+        result = compare_runs(db, ids, knowledge_changes=options.knowledge_changes, baseline="rag")
     result["report_dir"] = str(out / "report")
     result["data"] = {"train_questions": len(train), "test_file": str(test_file),
                       "raft_examples": manifest["counts"]["train_examples"],
