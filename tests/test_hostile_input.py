@@ -1,5 +1,5 @@
 """A hostile folder: every bad file gets a one-line reason, every good file is ingested, nothing
-stored before is lost, and memory stays bounded on a 20 MB text file."""
+stored before is lost, and memory stays bounded on a 10 MB text file."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def build_hostile(folder: Path) -> None:
     paragraphs = [" ".join(rng.choice(words) for _ in range(rng.randint(30, 90))).capitalize() + "." for _ in range(300)]
     block = ("\n\n".join(paragraphs) + "\n\n").encode()
     with open(folder / "big.txt", "wb") as handle:
-        while handle.tell() < 20 * 1024 * 1024:
+        while handle.tell() < 10 * 1024 * 1024:
             handle.write(block)
 
 
@@ -94,7 +94,7 @@ def test_hostile_folder(tmp_path):
     assert "latin1.txt: not valid UTF-8" in warnings
     assert "deep.html: HTML nested" in warnings
     assert "ragged.csv:3: 2 fields" in warnings and "ragged.csv:4: 4 fields" in warnings
-    # memory stays bounded on the 20 MB file (it streams; tokenizing it whole takes GBs)
+    # memory stays bounded on the 10 MB file (it streams; tokenizing it whole takes GBs)
     assert hostile_mb - baseline_mb < 500, (baseline_mb, hostile_mb)
 
     code, out, err, _ = run_measured(["stats", kb, "--json"], env)

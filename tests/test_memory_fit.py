@@ -41,37 +41,63 @@ def _parts(recipe, model):
     return build_causal_lm(recipe, model), collator_for(recipe, tokenizer, train_set.features), train_set.features
 
 
-def test_fewer_examples_at_once_where_the_batch_does_not_fit(setup):
-    from ragtune.finetune.memory import ADAM_BYTES, HEADROOM, fit_micro_batch, step_peak_bytes
+def test_the_measurement_grows_with_the_batch_and_leaves_nothing_behind(setup):
+    import torch
+
+    from ragtune.finetune.memory import step_peak_bytes
 
     recipe, model_dir = setup
     model, collator, features = _parts(recipe, model_dir)
+    rng = torch.get_rng_state()
+    step_peak_bytes(model, collator(features[:1]), precision="fp32")  # the first step's one-time allocations
     one = step_peak_bytes(model, collator(features[:1]), precision="fp32")
     four = step_peak_bytes(model, collator(features[:4]), precision="fp32")
     assert four > one > 0  # the measurement grows with what goes through at once
-    assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradient behind
-    optimizer = ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    plenty = fit_micro_batch(recipe, model, collator, features, precision="fp32", available=2**40)
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+
+
+PER_TOKEN = 64 * 1024  # about what a token costs in 2 blocks of 576
+
+
+def _fixed_cost_per_token(monkeypatch):
+    """A deterministic stand-in for the measured peak (in a long pytest process the allocator's reuse
+    makes real peaks of small models too noisy to place a budget between them)."""
+    from ragtune.finetune import memory
+
+    monkeypatch.setattr(memory, "step_peak_bytes", lambda model, batch, **_: int(batch["input_ids"].numel()) * PER_TOKEN)
+    return memory
+
+
+def test_fewer_examples_at_once_where_the_batch_does_not_fit(setup, monkeypatch):
+    recipe, model_dir = setup
+    model, collator, features = _parts(recipe, model_dir)
+    memory = _fixed_cost_per_token(monkeypatch)
+    longest = sorted(features, key=lambda f: -len(f["input_ids"]))
+    optimizer = memory.ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need = {n: optimizer + int(collator(longest[:n])["input_ids"].numel()) * PER_TOKEN for n in (1, 2, 4)}
+
+    plenty = memory.fit_micro_batch(recipe, model, collator, features, precision="fp32", available=2**40)
     assert plenty[:2] == (4, 1) and not plenty[2]["measured"]  # a bound far below the memory: no probe
-    tight = int((optimizer + (one + four) / 2) / HEADROOM)  # room for one at a time, not for four
-    size, accumulation, record = fit_micro_batch(recipe, model, collator, features, precision="fp32", available=tight)
-    assert size in (1, 2) and size * accumulation == 4 and record["micro_batch"] == size and record["measured"]
+    tight = int((need[2] + need[4]) / 2 / memory.HEADROOM)  # room for two at a time, not for four
+    size, accumulation, record = memory.fit_micro_batch(recipe, model, collator, features, precision="fp32",
+                                                        available=tight)
+    assert (size, accumulation) == (2, 2) and record["measured"] and set(record["tried_mb"]) == {4, 2}
     with pytest.raises(ConfigError, match="data.max_length.*training.fit_memory: false"):
-        fit_micro_batch(recipe, model, collator, features, precision="fp32", available=int(optimizer / 10))
+        memory.fit_micro_batch(recipe, model, collator, features, precision="fp32", available=need[1] // 2)
     off = recipe.model_copy(update={"training": recipe.training.model_copy(update={"fit_memory": False})})
-    assert fit_micro_batch(off, model, collator, features, precision="fp32", available=1)[:2] == (4, 1)
+    assert memory.fit_micro_batch(off, model, collator, features, precision="fp32", available=1)[:2] == (4, 1)
 
 
 def test_training_runs_with_the_fitted_micro_batch(setup, monkeypatch):
-    from ragtune.finetune import memory
     from ragtune.finetune.run import train
 
     recipe, model_dir = setup
     model, collator, features = _parts(recipe, model_dir)
-    one = memory.step_peak_bytes(model, collator(features[:1]), precision="fp32")
-    four = memory.step_peak_bytes(model, collator(features[:4]), precision="fp32")
+    memory = _fixed_cost_per_token(monkeypatch)
+    longest = sorted(features, key=lambda f: -len(f["input_ids"]))
     optimizer = memory.ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    monkeypatch.setattr(memory, "available_bytes", lambda: int((optimizer + (one + four) / 2) / memory.HEADROOM))
+    need = {n: optimizer + int(collator(longest[:n])["input_ids"].numel()) * PER_TOKEN for n in (1, 4)}
+    monkeypatch.setattr(memory, "available_bytes", lambda: int((need[1] + need[4]) / 2 / memory.HEADROOM))
     result = train(recipe, progress=False)
     saved = json.loads((result.run_dir / "metrics.json").read_text())
     assert saved["data"]["memory"]["micro_batch"] < 4

@@ -313,10 +313,10 @@ def fit_schedule_to(scheduler, steps: int, planned: int) -> int | None:
     for index, function in enumerate(lambdas):
         keywords = getattr(function, "keywords", None)
         if isinstance(function, partial) and keywords and "num_training_steps" in keywords:
-            warmup = keywords.get("num_warmup_steps", 0)
+            warmup, current = keywords.get("num_warmup_steps", 0), keywords["num_training_steps"]
             lambdas[index] = partial(function.func, *function.args, **{
                 **keywords, "num_training_steps": steps,
-                "num_warmup_steps": min(warmup, max(0, round(warmup * steps / planned)))})
+                "num_warmup_steps": min(warmup, max(0, round(warmup * steps / max(current, 1))))})
             changed = True
     if changed:
         logger.info("time budget: the learning-rate schedule now ends at step %d of %d planned", steps, planned)
