@@ -128,7 +128,7 @@ def test_sigkill_mid_run_resumes_with_each_example_once(setup):
     root, kb, dataset = setup
     db_path = root / "killed.db"
     args = [*RAGTUNE, "eval", "qa", "--dataset", str(dataset), "--strategy", "rag", "--kb", str(kb), "--k", "2",
-            "--runs-db", str(db_path), "--json", *COMMON]
+            "--runs-db", str(db_path), "--json", "--concurrency", "1", *COMMON]  # one answer at a time: a kill lands between them
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stored = 0
     deadline = time.monotonic() + 120
