@@ -68,13 +68,18 @@ def _fixed_cost_per_token(monkeypatch):
     return memory
 
 
+def _needs(memory, model, collator, features, sizes) -> dict:
+    """Bytes the stand-in measurement plus AdamW's state give for the `sizes` longest examples at once."""
+    longest = sorted(features, key=lambda f: -len(f["input_ids"]))
+    optimizer = memory.ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {n: optimizer + int(collator(longest[:n])["input_ids"].numel()) * PER_TOKEN for n in sizes}
+
+
 def test_fewer_examples_at_once_where_the_batch_does_not_fit(setup, monkeypatch):
     recipe, model_dir = setup
     model, collator, features = _parts(recipe, model_dir)
     memory = _fixed_cost_per_token(monkeypatch)
-    longest = sorted(features, key=lambda f: -len(f["input_ids"]))
-    optimizer = memory.ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    need = {n: optimizer + int(collator(longest[:n])["input_ids"].numel()) * PER_TOKEN for n in (1, 2, 4)}
+    need = _needs(memory, model, collator, features, (1, 2, 4))
 
     plenty = memory.fit_micro_batch(recipe, model, collator, features, precision="fp32", available=2**40)
     assert plenty[:2] == (4, 1) and not plenty[2]["measured"]  # a bound far below the memory: no probe
@@ -94,9 +99,7 @@ def test_training_runs_with_the_fitted_micro_batch(setup, monkeypatch):
     recipe, model_dir = setup
     model, collator, features = _parts(recipe, model_dir)
     memory = _fixed_cost_per_token(monkeypatch)
-    longest = sorted(features, key=lambda f: -len(f["input_ids"]))
-    optimizer = memory.ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    need = {n: optimizer + int(collator(longest[:n])["input_ids"].numel()) * PER_TOKEN for n in (1, 4)}
+    need = _needs(memory, model, collator, features, (1, 4))
     monkeypatch.setattr(memory, "available_bytes", lambda: int((need[1] + need[4]) / 2 / memory.HEADROOM))
     result = train(recipe, progress=False)
     saved = json.loads((result.run_dir / "metrics.json").read_text())

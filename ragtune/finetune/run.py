@@ -155,7 +155,7 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
     return trainer
 
 
-def _fitted_to_memory(recipe, model, tokenizer, features, precision, last, console):
+def _fitted_to_memory(recipe, model, collator, features, precision, last, console):
     """The recipe with the micro-batch that fits memory (finetune/memory.py); a resumed run keeps its checkpoint's."""
     from .memory import fit_micro_batch
 
@@ -169,7 +169,7 @@ def _fitted_to_memory(recipe, model, tokenizer, features, precision, last, conso
         record = {"micro_batch": size, "gradient_accumulation": accumulation, "from": "the checkpoint"}
     else:
         size, accumulation, record = fit_micro_batch(
-            recipe, model, collator_for(recipe, tokenizer, features), features, precision=precision,
+            recipe, model, collator, features, precision=precision,
             announce=lambda message: console.print(message, highlight=False))
         if size == t.batch_size:
             return recipe, record
@@ -212,11 +212,11 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
     data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
             "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
 
-    precision = training_precision(recipe, model, collator_for(recipe, tokenizer, train_set.features + validation_set.features),
-                                   train_set.features,
+    probe_collator = collator_for(recipe, tokenizer, train_set.features + validation_set.features)
+    precision = training_precision(recipe, model, probe_collator, train_set.features,
                                    announce=lambda message: console.print(message, highlight=False))
     data["precision"] = precision
-    recipe, data["memory"] = _fitted_to_memory(recipe, model, tokenizer, train_set.features, precision, last, console)
+    recipe, data["memory"] = _fitted_to_memory(recipe, model, probe_collator, train_set.features, precision, last, console)
     trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,
                             run_dir / "checkpoints", progress=progress, callbacks=callbacks, precision=precision)
     console.print(f"training {recipe.name}: {recipe.method} on {recipe.model} in {precision}, {trainable:,} of {total:,} "
