@@ -115,6 +115,14 @@ def test_weight_format_is_measured_once_per_machine(tmp_path, monkeypatch):
     assert llamacpp_formats.cached_choice(source, tmp_path) == "Q8_0"
     pinned, fmt = llamacpp_formats.runtime_gguf(source, weight_format="Q4_0", cache_dir=tmp_path)
     assert fmt == "Q4_0" and pinned.name == "Q4_0.gguf" and len(calls) == 1
+    # other weights of the same shapes (a second fine-tune): the choice is reused, only converted
+    twin = tmp_path / "twin.gguf"
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0x01
+    twin.write_bytes(bytes(data))
+    twin_path, twin_fmt = llamacpp_formats.runtime_gguf(twin, cache_dir=tmp_path)
+    assert (twin_fmt, twin_path.name, len(calls)) == ("Q8_0", "Q8_0.gguf", 1) and twin_path.parent != path.parent
+    assert llamacpp_formats.cached_choice(twin, tmp_path) == "Q8_0"
     from ragtune import runtime
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma", "f16c"})  # another CPU: measured again

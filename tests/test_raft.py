@@ -281,6 +281,36 @@ def test_questions_file_reports_bad_lines_and_builds_the_rest(toy, tmp_path):
     assert examples[1]["oracle"]["source"].endswith("library.txt")  # the passage was found in its window
 
 
+def test_a_multi_hop_question_has_every_gold_document_as_oracle(toy, tmp_path):
+    """HotpotQA's setting: two supporting documents, both shown together (or both left out, replaced by
+    distractors so every example shows k + 2 documents), and the chain of thought quotes each of them."""
+    questions = tmp_path / "q.jsonl"
+    rows = [{"id": f"m{i}", "question": "In which town does the festival with smoked plums take place, "
+             "where growers prune quince in February?", "gold_doc_ids": ["orchard.txt", "festival.txt"],
+             "answers": ["Kremsville"]} for i in range(12)]
+    rows.append({"id": "same-doc-twice", "question": "When did the mill stop grinding rye?",
+                 "gold_doc_ids": ["mill.txt", "mill"], "answers": ["1950"]})
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = _build(toy, tmp_path / "out", teacher=None, questions=questions, eval_share=0.0, k=2, p=0.5)
+    examples = {e["id"]: e for e in _read(tmp_path / "out" / "examples.jsonl")}
+    chats = [json.loads(line) for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines()]
+    assert manifest["counts"]["train_examples"] == 13
+    assert 0 < sum(examples[f"m{i}"]["oracle_present"] for i in range(12)) < 12  # p = 0.5 over 12 draws
+    for i in range(12):
+        example = examples[f"m{i}"]
+        keys = [o["key"] for o in example["oracles"]]
+        assert [Path(k.split("#")[0]).name for k in keys] == ["festival.txt", "orchard.txt"]  # the answer's first
+        assert len(example["documents"]) == 4 and len(set(example["documents"])) == 4
+        shown = [k in example["documents"] for k in keys]
+        assert shown == [example["oracle_present"]] * 2
+        reply = chats[i]["messages"][-1]["content"]
+        assert [Path(k.split("#")[0]).name for k in keys] and len(quotes(reply)) == 2
+        assert "Growers in Kremsville prune them in February" in quotes(reply)[0]  # the bridge, then the answer
+        assert "held in the town of Kremsville" in quotes(reply)[1]
+    assert len(examples["same-doc-twice"]["oracles"]) == 1  # one document named twice is one oracle
+    assert len(examples["same-doc-twice"]["documents"]) == 3
+
+
 def test_inference_wraps_documents_exactly_as_training_and_verifies_quotes(toy):
     from ragtune.answer.prompt import build_prompt
     from ragtune.kb import KnowledgeBase

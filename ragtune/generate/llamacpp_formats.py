@@ -7,6 +7,10 @@ build and on the model's shapes, so it is measured, not assumed: each candidate 
 llama.cpp's own quantiser, timed on a RAG-shaped workload (prompt fill plus a short answer), and the
 winner is cached beside the converted checkpoints, keyed by the source's content hash and by the
 machine (CPU flags and llama.cpp build). A different CPU gets its own measurement, never a stale pick.
+Speed depends on the tensors' shapes and types, not on their values, so the choice is also kept by
+shape (architecture plus the tensor table): a second fine-tune of the same model, exported the same
+way, reuses it and pays only for the one conversion (a fine-tuned GGUF used to cost ~130 s of
+measuring each; `choose` and the benches export two).
 
 Candidates are the source itself and conversions that lose nothing (F32, F16 hold a 4-bit source
 exactly) or next to nothing (Q8_0). Q4_0 is the fastest here but re-rounds 4-bit weights a second
@@ -81,10 +85,39 @@ def runtime_gguf(source: Path, *, weight_format: str = "auto", threads: int | No
     from filelock import FileLock
 
     folder.mkdir(parents=True, exist_ok=True)
+    shaped = cache_dir / "llamacpp" / "by-shape" / f"{shape_key(source)}-{machine_key()}.json"
     with FileLock(str(folder / ".measure.lock")):  # two processes measuring at once would time each other
         if choice.is_file() and _current(choice):
             return runtime_gguf(source, threads=threads, cache_dir=cache_dir)
-        return _measure_and_choose(source, folder, threads)
+        if shaped.is_file() and _current(shaped):
+            record = json.loads(shaped.read_text())
+            picked = record["format"]
+            logger.info("%s has the shapes of %s, measured before on this CPU: runs as %s", display_name(source),
+                        record["source"], picked)
+            path = source if picked == "source" else _converted(source, folder, picked)
+            _write_json(choice, {**record, "source": str(source), "same_shape_as": record["source"]})
+            return path, picked
+        path, picked = _measure_and_choose(source, folder, threads)
+        shaped.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(shaped, json.loads(choice.read_text()))
+        return path, picked
+
+
+def shape_key(source: Path) -> str:
+    """What decides the kernels besides the machine: the architecture and every tensor's name,
+    shape and type (weights' values do not change speed)."""
+    from ..models.gguf import GGUFHeader
+
+    header = GGUFHeader(source, arrays=False)
+    table = [header.get("general.architecture"), header.tensors]
+    return hashlib.sha256(json.dumps(table, default=list).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, record: dict) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.part")
+    with os.fdopen(handle, "w") as out:
+        json.dump(record, out, indent=1)
+    os.replace(tmp, path)
 
 
 def _current(choice: Path) -> bool:
@@ -210,10 +243,7 @@ def _measure_and_choose(source: Path, folder: Path, threads: int | None) -> tupl
             (folder / f"{fmt}.gguf").unlink(missing_ok=True)
     record = {"format": best, "source": str(source), "measured": results,
               "workload": {"prompt_tokens": PROMPT_TOKENS, "answer_tokens": ANSWER_TOKENS}, "threads": threads}
-    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".json.part")
-    with os.fdopen(handle, "w") as out:
-        json.dump(record, out, indent=1)
-    os.replace(tmp, folder / "choice.json")
+    _write_json(folder / "choice.json", record)
     logger.info("%s runs as %s here (%.2f s per RAG answer vs %.2f s as shipped; measured in %.0f s)",
                 display_name(source), best, results[best]["rag_answer_s"], results["source"]["rag_answer_s"],
                 time.perf_counter() - started)
@@ -227,9 +257,17 @@ def display_name(source: Path) -> str:
 
 def _estimate_s(source: Path) -> int:
     """Rough seconds a measurement takes, to say how long the wait is: conversions and timings grow
-    with the model's size. Fitted to 2 cores shared with other jobs (SmolLM2-135M, 98 MB: 45 s;
-    Qwen2.5-Coder-0.5B, 491 MB: 120 s); an idle machine takes less."""
-    return int(max(10, round(25 + source.stat().st_size / 1e6 * 0.2, -1)))
+    with the parameter count (not the file size: an F32 export is 4x a Q4 file of the same model).
+    Fitted to 2 cores shared with other jobs (SmolLM2-135M: 45 s; Qwen2.5-Coder-0.5B: 120 s)."""
+    import math
+
+    from ..models.gguf import GGUFHeader
+
+    try:
+        parameters = sum(math.prod(shape) for _, shape, _ in GGUFHeader(source, arrays=False).tensors)
+    except (OSError, ValueError):
+        parameters = source.stat().st_size
+    return int(max(10, round(25 + parameters / 1e6 * 0.2, -1)))
 
 
 def prepare_packaged(threads: int | None = None) -> int:

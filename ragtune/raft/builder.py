@@ -84,12 +84,17 @@ class _Candidate:
     item: dict
     position: int
     question: str
-    oracle: object
+    oracles: list  # windows; the one that best supports the answer first
     answers: list[str]
     qid: str
     gold_doc_ids: list[str]
     cot: str | None = None
     answer: str | None = None
+
+    @property
+    def oracle_text(self) -> str:
+        """What the teacher is shown and quotes are checked against: every oracle, in order."""
+        return "\n\n".join(o.text for o in self.oracles)
 
 
 @dataclass
@@ -115,8 +120,8 @@ class _Worker:
                     "split": "eval" if random.Random(f"{o.seed}:split:{start + i}").random() < o.eval_share else "train"}
                    for i, x in enumerate(items)]
         candidates = self._generate(records, items) if self.generated else [
-            _Candidate(r, 0, x.question, x.oracle, x.answers, x.id,
-                       x.gold_doc_ids or ([x.oracle.doc_id] if x.oracle.index >= 0 else []))
+            _Candidate(r, 0, x.question, x.oracles, x.answers, x.id,
+                       x.gold_doc_ids or [o.doc_id for o in x.oracles if o.index >= 0])
             for r, x in zip(records, items)]
         kept = self._answer(candidates)
         for c in kept:
@@ -138,7 +143,7 @@ class _Worker:
                     self._drop(record, why, question)
                     continue
                 record["questions"].append(question)
-                candidates.append(_Candidate(record, position, question, window, [], f"raft-{record['item']}-{position}",
+                candidates.append(_Candidate(record, position, question, [window], [], f"raft-{record['item']}-{position}",
                                              [window.doc_id]))
         return candidates
 
@@ -146,19 +151,19 @@ class _Worker:
         if self.teacher is None:
             for c in candidates:
                 c.answer = c.answers[0]
-                c.cot = template_cot(c.question, c.oracle.text, c.answer)
+                c.cot = template_cot(c.question, [o.text for o in c.oracles], c.answer)
             return candidates
         t = self.teacher
-        conversations = [t.answer_messages(c.question, c.oracle.text, c.answers[0] if c.answers else None)
+        conversations = [t.answer_messages(c.question, c.oracle_text, c.answers[0] if c.answers else None)
                          for c in candidates]
         replies = t.run(conversations, t.answer_tokens)
-        reviews = [review(reply, c.oracle.text) for reply, c in zip(replies, candidates)]
+        reviews = [review(reply, c.oracle_text) for reply, c in zip(replies, candidates)]
         again = [i for i, r in enumerate(reviews) if r.status != "ok"]
         repaired = t.run([t.repair_messages(conversations[i], replies[i], reviews[i].invented) for i in again],
                          t.answer_tokens)
         for i, reply in zip(again, repaired):
             candidates[i].item["counts"]["quotes_invented"] += len(reviews[i].invented)
-            fixed = review(reply, candidates[i].oracle.text)
+            fixed = review(reply, candidates[i].oracle_text)
             candidates[i].item["counts"]["quotes_invented"] += len(fixed.invented)
             if fixed.status == "ok":
                 candidates[i].item["counts"]["repaired"] += 1
@@ -167,18 +172,18 @@ class _Worker:
         kept = []
         for c, reply, verdict in zip(candidates, replies, reviews):
             gold = c.answers[0] if c.answers else None  # a gold answer is the final answer
-            if verdict.status == "invented_quote" or copies_example(reply, c.oracle.text):
+            if verdict.status == "invented_quote" or copies_example(reply, c.oracle_text):
                 self._drop(c.item, "invented_quote" if verdict.status == "invented_quote" else "copied_example",
                            c.question)
                 continue
             answer = gold or verdict.answer or (plain_answer(reply) if verdict.status != "ok" else None)
-            if answer is None or (gold is None and not supported(answer, c.oracle.text)):
+            if answer is None or (gold is None and not supported(answer, c.oracle_text)):
                 self._drop(c.item, verdict.status if verdict.status != "ok" else "unanswerable", c.question)
                 continue
             if verdict.status == "ok":
                 c.cot = with_final_answer(reply, answer)
             else:  # answered without quoting (small teachers often do): the template chain of thought
-                c.cot = template_cot(c.question, c.oracle.text, answer)
+                c.cot = template_cot(c.question, [o.text for o in c.oracles], answer)
                 c.item["counts"]["templated"] += 1
             c.answer = answer
             kept.append(c)
@@ -196,13 +201,13 @@ class _Worker:
     def _example(self, c: _Candidate) -> None:
         o = self.options
         rng = random.Random(f"{o.seed}:{c.item['item']}:{c.position}")
-        context = choose_context(self.table, c.oracle, c.question, k=o.k, p=o.p, kind=o.distractors, rng=rng,
+        context = choose_context(self.table, c.oracles, c.question, k=o.k, p=o.p, kind=o.distractors, rng=rng,
                                  search=self.search)
         messages = [*raft_messages(c.question, context.documents), {"role": "assistant", "content": c.cot}]
         c.item["examples"].append({
             "id": c.qid, "split": c.item["split"], "question": c.question, "answer": c.answer,
             "answers": c.answers or [c.answer], "gold_doc_ids": c.gold_doc_ids, "cot": c.cot,
-            "oracle": c.oracle.as_dict(), "oracle_text": c.oracle.text,
+            "oracle": c.oracles[0].as_dict(), "oracles": [o.as_dict() for o in c.oracles], "oracle_text": c.oracle_text,
             "documents": [d.key for d in context.documents], "oracle_present": context.oracle_present,
             "hard_distractors": context.hard, "random_distractors": context.random, "messages": messages,
             "tokens": sum(len(self.tokenizer(m["content"], add_special_tokens=False)["input_ids"]) + TEMPLATE_TOKENS

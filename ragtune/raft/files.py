@@ -142,8 +142,9 @@ def write_outputs(out: Path, records: list[dict], settings: dict, counts: dict, 
             if len(shown) < DROPPED_SAMPLES:
                 shown.append(drop["question"])
         for example in record["examples"]:
-            details.append({key: example[key] for key in ("id", "split", "question", "answer", "oracle", "documents",
-                                                          "oracle_present", "hard_distractors", "random_distractors")})
+            details.append({**{key: example[key] for key in ("id", "split", "question", "answer", "oracle", "documents",
+                                                             "oracle_present", "hard_distractors", "random_distractors")},
+                            "oracles": example.get("oracles", [example["oracle"]])})
             if record["split"] == "eval":
                 evals.append(EvalExample(id=example["id"], question=example["question"], answers=example["answers"],
                                          gold_doc_ids=example["gold_doc_ids"], context=example["oracle_text"],

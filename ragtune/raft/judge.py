@@ -114,13 +114,18 @@ def best_span(oracle: str, answer: str, question: str) -> str:
     return best
 
 
-def template_cot(question: str, oracle: str, answer: str) -> str:
-    """A deterministic chain of thought quoting the oracle span that best supports the gold answer."""
-    span = best_span(oracle, answer, question)
+def template_cot(question: str, oracle: str | list[str], answer: str) -> str:
+    """A deterministic chain of thought quoting the oracle span that best supports the gold answer; with
+    several oracles (a multi-hop question), first the span of each other oracle that best matches the
+    question (the bridge), then the one that holds the answer."""
+    texts = [oracle] if isinstance(oracle, str) else list(oracle)
+    spans = [best_span(text, answer, question) for text in (*texts[1:], texts[0])]
     answer = answer.strip()
     # a long answer (code, a paragraph) is not restated before the tag: it would double the tokens
     # the model trains on and must generate, for no reasoning gained
     restated = (f"This states the answer directly, so the answer is {answer.rstrip('.')}." if len(answer.split()) <= 12
                 else "This is what the answer below rests on.")
-    return (f"The question asks: {question.strip()}\nThe relevant document says: {BEGIN_QUOTE}{span}{END_QUOTE}\n"
-            f"{restated}\n{ANSWER_TAG} {answer}")
+    said = "".join(f"The relevant document says: {BEGIN_QUOTE}{span}{END_QUOTE}\n" for span in spans)
+    if len(spans) > 1:
+        restated = restated.replace("This states", "Together these state").replace("This is", "These are")
+    return f"The question asks: {question.strip()}\n{said}{restated}\n{ANSWER_TAG} {answer}"

@@ -5,8 +5,10 @@ A questions file is JSONL/JSON/CSV read by the shared record reader, so a bad li
 file, line, field and fix and the rest goes on. Accepted keys (an `eval qa` set works as it is):
 `question` (required), `id`, `answers` (list) or `answer`, and the gold document as `gold_doc_ids`
 (list) / `gold_doc_id` (matched against doc id, source path, file name, file stem or title) and/or
-`context` / `gold_text` (a passage). The oracle is the window of the gold document that best supports
-the answer (or the question, without one); a passage found in no window becomes its own document.
+`context` / `gold_text` (a passage). Each gold document gives one oracle: its window that best supports
+the answer (or the question, without one); a multi-hop question (HotpotQA's two supporting paragraphs)
+has several, the one that best supports the answer first. A passage found in no window becomes its own
+document.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ class QuestionRecord:
     id: str
     question: str
     answers: list[str]
-    oracle: Window
+    oracles: list[Window]  # the one that best supports the answer first
     gold_doc_ids: list[str] = field(default_factory=list)
     line: int = 0
+
+    @property
+    def oracle(self) -> Window:
+        return self.oracles[0]
 
 
 def _strings(record: dict, many: str, one: str) -> list[str] | None:
@@ -106,33 +112,38 @@ def read_questions(path, table: WindowTable) -> tuple[list[QuestionRecord], list
             bad(line, "id", f"duplicate id {record_id!r} (first on line {seen[record_id]}); the first is kept",
                 "give each question its own id")
             continue
-        oracle = _oracle(table, aliases, question, answers, gold_ids, gold_text, record_id)
-        if oracle is None:
+        oracles = _oracles(table, aliases, question, answers, gold_ids, gold_text, record_id)
+        if not oracles:
             bad(line, "gold_doc_ids", f"no document {', '.join(map(repr, gold_ids))} in the knowledge base",
                 "use a doc id, source path, file name or title the KB has (`ragtune search` shows them), or give "
                 '"context": the passage')
             continue
         seen[record_id] = line
-        records.append(QuestionRecord(record_id, question.strip(), answers, oracle, gold_ids, line))
+        records.append(QuestionRecord(record_id, question.strip(), answers, oracles, gold_ids, line))
     problems.extend(reader.problems)
     problems.sort(key=lambda p: p.line)
     return records, problems
 
 
-def _oracle(table, aliases, question, answers, gold_ids, gold_text, record_id) -> Window | None:
+def _oracles(table, aliases, question, answers, gold_ids, gold_text, record_id) -> list[Window]:
+    """One window per gold document (the best by `_score`), best first; one for a passage."""
+    best = lambda windows: max(windows, key=lambda w: _score(table, w, question, answers))  # noqa: E731
     candidates = [w for gold in gold_ids for w in aliases.get(gold, ())]
     if gold_text is not None:
         wanted = _normal(gold_text)
         pool = candidates or table.windows
         inside = [w for w in pool if wanted and (wanted in table.normal(w) or table.normal(w) in wanted)]
         if inside:
-            return max(inside, key=lambda w: _score(table, w, question, answers))
+            return [best(inside)]
         # a passage the KB does not hold (e.g. a benchmark's context): it is its own document
-        return Window(-1, f"question:{record_id}", gold_ids[0] if gold_ids else f"question:{record_id}",
-                      f"question:{record_id}", None, 0, len(gold_text), gold_text.strip(), 0)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda w: _score(table, w, question, answers))
+        return [Window(-1, f"question:{record_id}", gold_ids[0] if gold_ids else f"question:{record_id}",
+                       f"question:{record_id}", None, 0, len(gold_text), gold_text.strip(), 0)]
+    oracles: list[Window] = []
+    for gold in gold_ids:  # aliases of one document (its id and its file name) give one oracle
+        window = best(aliases[gold]) if gold in aliases else None
+        if window is not None and not any(table.same_text(window, o) for o in oracles):
+            oracles.append(window)
+    return sorted(oracles, key=lambda w: _score(table, w, question, answers), reverse=True)
 
 
 class QuestionDeduper:

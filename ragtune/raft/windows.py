@@ -11,14 +11,15 @@ Documents are re-assembled from the store's chunks by their character offsets (t
 chunks, not whole texts); a gap between chunks is whitespace the chunker skipped and is restored as
 a paragraph break (>= 2 characters) or a space, so window boundaries still prefer paragraphs.
 
-An example's context is drawn from the windows (`choose_context`): the oracle (with probability P)
-and distractors, shuffled. Distractors are by default *hard negatives*: what the knowledge base's own retriever returns for the
+An example's context is drawn from the windows (`choose_context`): the oracle, or every oracle of a
+multi-hop question (HotpotQA's two supporting paragraphs), with probability P, and distractors, shuffled. Distractors are by default *hard negatives*: what the knowledge base's own retriever returns for the
 question, mapped to the RAFT windows they overlap. Those are the documents a RAFT model will meet at
 inference, where retrieval brings look-alikes, not random pages; training on random distractors
 teaches it to ignore only the easy ones. Random distractors remain an option, and fill in when
 retrieval runs out. A distractor is never the oracle nor the same text (see WindowTable.same_text),
-and never repeats within an example. Without the oracle the context holds k + 1 distractors, so every
-example shows the same number of documents (as in the RAFT paper's setup and gorilla's raft.py).
+and never repeats within an example. Without the oracles the context holds k + (number of oracles)
+distractors, so every example shows the same number of documents (as in the RAFT paper's setup and
+gorilla's raft.py).
 """
 
 from __future__ import annotations
@@ -322,15 +323,18 @@ def required_windows(k: int, p: float) -> int:
     return k + 1 + (1 if p < 1 else 0)
 
 
-def choose_context(table: WindowTable, oracle: Window, question: str, *, k: int, p: float, kind: str,
+def choose_context(table: WindowTable, oracles: Window | list[Window], question: str, *, k: int, p: float, kind: str,
                    rng: random.Random, search: Callable[[str], list] | None = None) -> Context:
-    """Draw one example's documents; every random choice comes from `rng` (seeded per example)."""
+    """Draw one example's documents; every random choice comes from `rng` (seeded per example).
+    All oracles are present together (with probability P) or absent together: a multi-hop question
+    is answerable only from all of them."""
+    oracles = [oracles] if isinstance(oracles, Window) else list(oracles)
     present = rng.random() < p
-    need = k if present else k + 1
+    need = k if present else k + len(oracles)
     chosen: list[Window] = []
 
     def take(window: Window | None) -> bool:
-        if window is None or table.same_text(window, oracle) or any(table.same_text(window, c) for c in chosen):
+        if window is None or any(table.same_text(window, c) for c in (*oracles, *chosen)):
             return False
         chosen.append(window)
         return True
@@ -352,8 +356,9 @@ def choose_context(table: WindowTable, oracle: Window, question: str, *, k: int,
             if take(window) and len(chosen) == need:
                 break
     if len(chosen) < need:
-        raise ConfigError(f"only {len(chosen)} documents differ from the oracle {oracle.key!r}, but the example needs "
+        names = ", ".join(repr(o.key) for o in oracles)
+        raise ConfigError(f"only {len(chosen)} documents differ from the oracle {names}, but the example needs "
                           f"{need} distractors; lower --k, or add documents to the knowledge base")
-    documents = chosen + ([oracle] if present else [])
+    documents = chosen + (oracles if present else [])
     rng.shuffle(documents)
     return Context(documents, present, hard, len(chosen) - hard)
