@@ -12,7 +12,7 @@ from rich.markup import escape
 from .cli_shared import (API_KEY_ENV_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, LORA_OPTION, MODEL_OPTION,  # noqa: F401
                          THREADS_OPTION, TIMEOUT_OPTION, WAIT_OPTION, WEIGHT_FORMAT_OPTION, WORKED_EXAMPLE_OPTION, PROMPT_OPTION, STRICT_OPTION,
                          _emit_json, err, out)
-from .errors import RagtuneError
+from .errors import ConfigError, RagtuneError
 from .evaluate.cli import register as register_evaluate_commands
 from .finetune.data_cli import data_app
 from .finetune.train_cli import register as register_finetune_commands
@@ -33,20 +33,28 @@ def init(
     batch_size: int = typer.Option(64, "--batch-size", help="Chunks per embedding batch."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads to store as the KB default."),
     max_file_mb: float = typer.Option(512.0, "--max-file-mb", help="Skip larger files (with a reason)."),
+    vector_store: str = typer.Option("faiss", "--vector-store",
+                                     help="Where vectors are searched: faiss (files in the KB) or milvus."),
+    milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="Milvus server (http://host:19530) or a "
+                                             "milvus-lite .db file; default: index/milvus.db inside the KB."),
+    milvus_collection: str = typer.Option("ragtune_chunks", "--milvus-collection",
+                                          help="The Milvus collection for this KB's vectors."),
     as_json: bool = JSON_OPTION,
 ):
-    """Create a knowledge base: a config file and an SQLite database."""
+    """Create a knowledge base: a config file and an SQLite database (the source of truth for every index)."""
     from .config import KBConfig, build
     from .kb import KnowledgeBase
 
     config = build(KBConfig, dict(embedder=embedder, precision=precision, chunk_size=chunk_size,
                                   chunk_overlap=chunk_overlap, batch_size=batch_size, threads=threads,
-                                  max_file_mb=max_file_mb), "ragtune init")
+                                  max_file_mb=max_file_mb, vector_store=vector_store, milvus_uri=milvus_uri,
+                                  milvus_collection=milvus_collection), "ragtune init")
     with KnowledgeBase.init(kb, config) as base:
         if as_json:
             _emit_json(base.stats())
         else:
-            out.print(f"created knowledge base [bold]{kb}[/] (embedder {embedder}, {chunk_size}-token chunks)")
+            where = "" if vector_store == "faiss" else f", vectors in Milvus {milvus_uri or 'index/milvus.db'}"
+            out.print(f"created knowledge base [bold]{kb}[/] (embedder {embedder}, {chunk_size}-token chunks{where})")
 
 
 def _options(glob, exclude, text_field, id_field, title_field):
@@ -57,7 +65,8 @@ def _options(glob, exclude, text_field, id_field, title_field):
                  "ingest options")
 
 
-def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sync: bool, prune_missing: bool = False):
+def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sync: bool, prune_missing: bool = False,
+                ray: dict | None = None):
     from .ingest.report import print_report, progress_callback
     from .kb import KnowledgeBase
 
@@ -66,7 +75,7 @@ def _run_ingest(kb: Path, paths: list[Path], options, threads, wait, as_json, sy
             if sync:
                 report = base.sync(paths[0], options, progress=progress, wait=wait, prune_missing=prune_missing)
             else:
-                report = base.ingest(paths, options, progress=progress, wait=wait)
+                report = base.ingest(paths, options, progress=progress, wait=wait, **(ray or {}))
         if as_json:
             _emit_json(report.as_dict())
         else:
@@ -92,11 +101,19 @@ def ingest(
     title_field: Optional[str] = TITLE_FIELD,
     threads: Optional[int] = THREADS_OPTION,
     wait: float = WAIT_OPTION,
+    ray: bool = typer.Option(False, "--ray", help="Parse, chunk and embed on a Ray cluster (a local Ray when none "
+                             "is named); the KB ends the same as a local ingest."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster's head (host:port); "
+                                              "default: RAY_ADDRESS, else a local Ray."),
+    workers: int = typer.Option(2, "--workers", help="With --ray: embedding actors (and CPUs of a local Ray)."),
     as_json: bool = JSON_OPTION,
 ):
     """Load, clean, chunk, embed and store documents; unchanged files are skipped."""
     options = _options(glob, exclude, text_field, id_field, title_field)
-    report = _run_ingest(kb, paths, options, threads, wait, as_json, sync=False)
+    if (ray_address or workers != 2) and not ray:
+        raise ConfigError("--ray-address and --workers apply to --ray; add --ray")
+    report = _run_ingest(kb, paths, options, threads, wait, as_json, sync=False,
+                         ray={"ray": True, "ray_address": ray_address, "workers": workers} if ray else None)
     if report.failed and not report.ingested and not report.unchanged:
         raise typer.Exit(1)
 

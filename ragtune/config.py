@@ -28,6 +28,9 @@ FLAG_NAMES = {
     "title_field": "--title-field",
     "include": "--glob",
     "exclude": "--exclude",
+    "vector_store": "--vector-store",
+    "milvus_uri": "--milvus-uri",
+    "milvus_collection": "--milvus-collection",
 }
 
 
@@ -56,6 +59,22 @@ class KBConfig(_Strict):
     threads: int | None = Field(None, ge=1, le=512, description="torch threads; default: torch's choice")
     max_file_mb: float = Field(512.0, gt=0, description="larger files are skipped with a reason")
     index: IndexSettings = Field(default_factory=IndexSettings)
+    vector_store: Literal["faiss", "milvus"] = Field(
+        "faiss", description="where the vectors are searched: FAISS files in the KB, or a Milvus collection")
+    milvus_uri: str | None = Field(
+        None, description="Milvus server (http://host:19530) or milvus-lite file; default: index/milvus.db in the KB")
+    milvus_collection: str = Field("ragtune_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+                                   description="the Milvus collection holding this KB's vectors")
+
+    @model_validator(mode="after")
+    def _milvus_uri_shape(self) -> "KBConfig":
+        uri = self.milvus_uri
+        if uri is not None and not (uri.startswith(("http://", "https://", "tcp://", "unix:")) or uri.endswith(".db")):
+            raise ValueError(f"milvus_uri {uri!r} is neither a server (http://host:19530) nor a milvus-lite file "
+                             "ending in .db; fix --milvus-uri")
+        if uri is not None and self.vector_store != "milvus":
+            raise ValueError("milvus_uri is set but vector_store is faiss; add --vector-store milvus")
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "KBConfig":

@@ -18,13 +18,16 @@ LOCK_FILE = ".writer.lock"
 class KnowledgeBase:
     """A directory with `ragtune.yaml` (how to chunk and embed) and `ragtune.db` (the data)."""
 
-    def __init__(self, path: Path, config: KBConfig, store: Store, *, threads: int | None = None):
+    def __init__(self, path: Path, config: KBConfig, store: Store, *, threads: int | None = None, embedder=None,
+                 retriever=None):
         self.path = path
         self.config = config
         self.store = store
         self.threads = threads if threads is not None else config.threads
         self._embedder = None
+        self._embedder_given = embedder
         self._retriever = None
+        self._retriever_factory = retriever
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -37,8 +40,12 @@ class KnowledgeBase:
             return cls.open(path)
         if path.exists() and not path.is_dir():
             raise KnowledgeBaseError(f"{path} exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
         config = config or KBConfig()
+        if config.vector_store == "milvus" and config.milvus_uri and not config.milvus_uri.endswith(".db"):
+            from .retrieve.vector_index import open_vector_index
+
+            open_vector_index(config, path).check()  # unreachable: a clear error, and no KB half made
+        path.mkdir(parents=True, exist_ok=True)
         if config.precision == "auto":
             from .runtime import resolve_precision
 
@@ -50,7 +57,12 @@ class KnowledgeBase:
         return cls(path, config, store)
 
     @classmethod
-    def open(cls, path: str | Path, *, readonly: bool = False, threads: int | None = None) -> "KnowledgeBase":
+    def open(cls, path: str | Path, *, readonly: bool = False, threads: int | None = None, embedder=None,
+             retriever=None) -> "KnowledgeBase":
+        """Open a knowledge base. `embedder`: an already loaded embedder to use (it must be the KB's
+        embedder and precision: vectors from another model would not match); `retriever`: a factory
+        called with the Retriever's arguments (store, vectors=, lexical=, embed_query=, try_writer=),
+        for a subclass such as the server's (serve/kbaccess.py)."""
         path = Path(path)
         if not (path / CONFIG_FILE).exists():
             raise KnowledgeBaseError(f"{path} is not a knowledge base (no {CONFIG_FILE}); create it with `ragtune init {path}`")
@@ -62,9 +74,15 @@ class KnowledgeBase:
                 f"{path}/{CONFIG_FILE} says embedder={config.embedder} precision={config.precision} but the "
                 f"stored vectors were made with {recorded[0]} {recorded[1]}; restore the config or re-ingest into a new KB"
             )
-        return cls(path, config, store, threads=threads)
+        if embedder is not None and (embedder.name, embedder.precision) != (config.embedder, config.precision):
+            store.close()
+            raise ConfigError(f"{path} embeds with {config.embedder} ({config.precision}), not with the given "
+                              f"{embedder.name} ({embedder.precision}); pass that embedder, or none")
+        return cls(path, config, store, threads=threads, embedder=embedder, retriever=retriever)
 
     def close(self) -> None:
+        if self._retriever is not None:
+            self._retriever.close()
         self.store.close()
 
     def __enter__(self):
@@ -80,7 +98,8 @@ class KnowledgeBase:
         if self._embedder is None:
             from .models.embedder import Embedder
 
-            self._embedder = Embedder(self.config.embedder, precision=self.config.precision, threads=self.threads)
+            self._embedder = self._embedder_given or Embedder(self.config.embedder, precision=self.config.precision,
+                                                              threads=self.threads)
             if self.config.chunk_size > self._embedder.max_tokens:
                 raise ConfigError(
                     f"chunk_size ({self.config.chunk_size}) exceeds what {self.config.embedder} reads "
@@ -106,9 +125,15 @@ class KnowledgeBase:
     @property
     def retriever(self):
         if self._retriever is None:
-            from .retrieve.search import Retriever
+            from .retrieve.lexical import LexicalIndex
+            from .retrieve.search import INDEX_DIR, Retriever
+            from .retrieve.vector_index import open_vector_index
 
-            self._retriever = Retriever(self)
+            directory = self.path / INDEX_DIR
+            self._retriever = (self._retriever_factory or Retriever)(
+                self.store, vectors=open_vector_index(self.config, directory, threads=self.threads),
+                lexical=LexicalIndex(directory), embed_query=lambda text: self.embedder.encode_query(text),
+                try_writer=self.try_writer)
         return self._retriever
 
     def _update_indexes(self) -> None:
@@ -116,20 +141,34 @@ class KnowledgeBase:
         self.retriever.refresh(writable=True)
 
     def ingest(self, paths, options: IngestOptions | None = None, *, progress=None, wait: float = 0.0,
-               remove_missing: bool = False, prune_missing: bool = False):
+               remove_missing: bool = False, prune_missing: bool = False, ray: bool = False,
+               ray_address: str | None = None, workers: int = 2):
         """Ingest files and directories; unchanged files are skipped by content hash.
 
         remove_missing: also remove stored files positively seen to be gone (what sync does).
         prune_missing: also remove stored files under a root or folder that could not be read.
+        ray: parse, chunk and embed on a Ray cluster (ray_address, else RAY_ADDRESS, else a local Ray
+        with `workers` CPUs); the result is what a local ingest stores (ingest/ray_ingest.py).
         """
         from .ingest.pipeline import Ingestor
 
         options = options or IngestOptions()
         roots = [Path(p).expanduser() for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        if ray:
+            from . import distributed
+
+            distributed.connect(ray_address, workers)  # an unreachable cluster fails here, before any change
         lock = self._writer(wait)
         try:
-            ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)
             try:
+                if ray:
+                    from .ingest.ray_ingest import ray_ingest
+
+                    if prune_missing:
+                        raise ConfigError("--prune-missing is not supported with --ray; sync without --ray")
+                    return ray_ingest(self, roots, options, workers=workers, address=ray_address, progress=progress,
+                                      remove_missing=remove_missing)
+                ingestor = Ingestor(self.store, self.embedder, self.config, options, progress)
                 return ingestor.run(roots, remove_missing=remove_missing, prune_missing=prune_missing, skip=[self.path])
             finally:
                 self._update_indexes()  # also after a failure: what was stored must be searchable
@@ -185,5 +224,5 @@ class KnowledgeBase:
         """Bring the dense and lexical indexes up to date now; returns their sizes."""
         self.retriever.refresh(writable=not self.store.readonly)
         dense = self.retriever.dense()
-        return {"dense": {"kind": dense.kind, "size": dense.size} if dense else None,
+        return {"dense": {"backend": dense.name, "kind": dense.kind, "size": dense.count()} if dense else None,
                 "lexical": {"size": self.retriever.lexical().size}}

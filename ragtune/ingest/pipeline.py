@@ -198,7 +198,8 @@ class Ingestor:
         self.report.skipped_files.append({"file": str(path), "reason": reason})
 
     # -- files ----------------------------------------------------------------------------
-    def ingest_file(self, path: Path, explicit: bool = True) -> None:
+    def candidate(self, path: Path, explicit: bool = True) -> "_FileJob | None":
+        """The file as a job to (re)ingest, or None when it is skipped, failed or unchanged (reported)."""
         try:
             info = os.stat(path)
         except OSError as exc:
@@ -228,7 +229,13 @@ class Ingestor:
             self.report.unchanged += 1
             return None
         ctx = FileContext(path, file_hash, hashlib.sha256(str(path).encode()).hexdigest()[:16], self.options)
-        job = _FileJob(path, file_hash, info.st_size, info.st_mtime, ctx)
+        return _FileJob(path, file_hash, info.st_size, info.st_mtime, ctx)
+
+    def ingest_file(self, path: Path, explicit: bool = True) -> None:
+        job = self.candidate(path, explicit)
+        if job is None:
+            return None
+        path, ctx, loader = job.path, job.ctx, loader_for(job.path)
         self._current_file = path
         try:
             with ExitStack() as transaction:  # entered only for files too big to queue
@@ -308,18 +315,7 @@ class Ingestor:
 
     # -- documents ------------------------------------------------------------------------
     def _chunk_records(self, segments) -> Iterator[ChunkRecord]:
-        timings = self.report.timings
-        raw = document_chunks(_Timed(segments, timings, "parse"), self.embedder.tokenizer,
-                              self.config.chunk_size, self.config.chunk_overlap)
-        for ordinal in count():
-            started, parse_before = time.perf_counter(), timings["parse"]
-            chunk = next(raw, None)
-            # pulling a chunk also pulls segments lazily: keep that time in the parse bucket
-            timings["chunk"] += time.perf_counter() - started - (timings["parse"] - parse_before)
-            if chunk is None:
-                return
-            yield ChunkRecord(ordinal, hashlib.sha256(chunk.text.encode()).hexdigest(), chunk.text,
-                              chunk.token_count, chunk.start, chunk.end, chunk.page, chunk.metadata)
+        return chunk_records(segments, self.embedder.tokenizer, self.config, self.report.timings)
 
     def _vectors(self, chunks: list[ChunkRecord]) -> dict:
         """A vector for every chunk: stored ones read back, new texts embedded (each text once).
@@ -357,17 +353,21 @@ class Ingestor:
                 self._fail(job.path, f"embedding failed ({type(exc).__name__}: {exc}); nothing of this file was changed")
             return
         for job in pending:
-            try:
-                with self.store.transaction():
-                    for doc in job.docs:
-                        self._store(job, doc, [(doc.chunks, vectors)])
-                    self._finish(job)
-            except Exception as exc:  # noqa: BLE001 - the per-file boundary
-                log.debug("writing %s failed", job.path, exc_info=True)
-                job.tally = _Tally()
-                self._fail(job.path, f"{type(exc).__name__}: {exc}; nothing of this file was changed")
-                continue
-            self._done(job)
+            self.write(job, vectors)
+
+    def write(self, job: _FileJob, vectors: dict) -> None:
+        """Write one file's documents (vectors by content hash) in one transaction, or fail it whole."""
+        try:
+            with self.store.transaction():
+                for doc in job.docs:
+                    self._store(job, doc, [(doc.chunks, vectors)])
+                self._finish(job)
+        except Exception as exc:  # noqa: BLE001 - the per-file boundary
+            log.debug("writing %s failed", job.path, exc_info=True)
+            job.tally = _Tally()
+            self._fail(job.path, f"{type(exc).__name__}: {exc}; nothing of this file was changed")
+            return
+        self._done(job)
 
     def _store(self, job: _FileJob, doc: _Doc, batches) -> int:
         """Write one document (inside the file's transaction); returns its chunk count."""
@@ -389,3 +389,19 @@ class Ingestor:
         else:
             job.tally.added += 1
         return chunks
+
+
+def chunk_records(segments, tokenizer, config, timings: dict) -> Iterator[ChunkRecord]:
+    """A document's chunks as records to store (hash, text, tokens, offsets, page); the time spent
+    pulling segments goes to timings["parse"], cutting them to timings["chunk"]. Shared by the local
+    pipeline and Ray workers (ingest/ray_ingest.py), so both cut the same chunks."""
+    raw = document_chunks(_Timed(segments, timings, "parse"), tokenizer, config.chunk_size, config.chunk_overlap)
+    for ordinal in count():
+        started, parse_before = time.perf_counter(), timings["parse"]
+        chunk = next(raw, None)
+        # pulling a chunk also pulls segments lazily: keep that time in the parse bucket
+        timings["chunk"] += time.perf_counter() - started - (timings["parse"] - parse_before)
+        if chunk is None:
+            return
+        yield ChunkRecord(ordinal, hashlib.sha256(chunk.text.encode()).hexdigest(), chunk.text,
+                          chunk.token_count, chunk.start, chunk.end, chunk.page, chunk.metadata)

@@ -52,11 +52,7 @@ def hydrate(store, scored: list[tuple[int, float]], ranks: dict[int, dict]) -> l
     """Read hits back from SQLite in score order; chunks deleted meanwhile are dropped."""
     if not scored:
         return []
-    ids = [chunk_id for chunk_id, _ in scored]
-    marks = ",".join("?" * len(ids))
-    rows = {row["chunk_id"]: row for row in store.conn.execute(
-        f"SELECT chunk_id, doc_id, source, title, text, start_char, end_char, page, metadata, document_metadata "
-        f"FROM chunk_view WHERE chunk_id IN ({marks})", ids)}
+    rows = store.hit_rows([chunk_id for chunk_id, _ in scored])
     hits = []
     for chunk_id, score in scored:
         row = rows.get(chunk_id)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
+
+import numpy as np
 
 from ..errors import QueryError
 from ..store import feed
 from . import filters as filter_module
+from . import vector_index
 from .hits import Hit, check_query, hydrate
 
 logger = logging.getLogger(__name__)
@@ -62,41 +64,28 @@ def reciprocal_rank_fusion(rankings: dict[str, list[tuple[int, float]]], weights
 
 
 class Retriever:
-    """Owns the KB's dense and lexical indexes and keeps them equal to the store."""
+    """Searches a store's dense and lexical indexes and keeps them equal to the store.
 
-    def __init__(self, kb):
-        self.kb = kb
-        self.store = kb.store
-        self.directory = Path(kb.path) / INDEX_DIR
-        self._dense = None
-        self._lexical = None
+    Narrow by design: a store (the source of truth), a vector index (retrieve/vector_index.py: FAISS
+    or Milvus), a BM25 index, a query encoder and a way to take the writer lock, not the knowledge
+    base, so the same retriever serves a CLI call, the server (serve/kbaccess.py) and tests.
+    """
+
+    def __init__(self, store, *, vectors, lexical, embed_query: Callable[[str], np.ndarray],
+                 try_writer: Callable[[], object | None] = lambda: None):
+        self.store = store
+        self.vectors = vectors
+        self._lexical = lexical
+        self.embed_query = embed_query
+        self.try_writer = try_writer  # the writer lock if free, else None (readers persist repairs with it)
+        self._synced = False
 
     # -- index upkeep -----------------------------------------------------------------------
-    def _dimension(self) -> int | None:
-        row = self.store.conn.execute("SELECT length(vector) / 4 FROM contents LIMIT 1").fetchone()
-        return int(row[0]) if row else None
-
     def dense(self):
-        from .dense_index import DenseIndex
-
-        if self._dense is None:
-            if self.kb.threads:
-                import faiss
-
-                faiss.omp_set_num_threads(self.kb.threads)  # like torch's threads: contention on small machines
-            dimension = self._dimension()
-            if dimension is None:
-                return None
-            signature = f"{self.kb.config.embedder}:{self.kb.config.precision}"
-            self._dense = DenseIndex(self.directory, dimension=dimension, signature=signature,
-                                     settings=self.kb.config.index)
-        return self._dense
+        """The vector index once it has been brought up to the store, None while no vector is stored."""
+        return self.vectors if self._synced else None
 
     def lexical(self):
-        from .lexical import LexicalIndex
-
-        if self._lexical is None:
-            self._lexical = LexicalIndex(self.directory)
         return self._lexical
 
     def refresh(self, *, writable: bool) -> None:
@@ -106,33 +95,39 @@ class Retriever:
             return
         lock = None
         if not writable and not self.store.readonly:
-            lock = self.kb.try_writer()
+            lock = self.try_writer()
             writable = lock is not None
-        logger.debug("%s: bringing the indexes up to the store (%s)", self.directory,
+        logger.debug("bringing the indexes up to the store (%s)",
                      "persisting them" if writable else "in memory only, without write access")
         try:
             with feed.snapshot(self.store):
-                dense = self.dense()
-                if dense is not None:
-                    dense.sync(self.store)
-                self.lexical().sync(self.store, writable=writable)
+                # an emptied store has no vector to measure: the index keeps its dimension and empties too
+                dimension = self.store.vector_dimension() or (self.vectors.dimension if self._synced else None)
+                if dimension is not None:
+                    vector_index.sync(self.vectors, self.store, dimension)
+                    self._synced = True
+                self._lexical.sync(self.store, writable=writable)
             if writable:
-                if dense is not None:
-                    dense.save()
-                positions = [self.lexical().position] + ([dense.position] if dense is not None else [])
+                positions = [self._lexical.position]
+                if self._synced:
+                    self.vectors.save()
+                    positions.append(self.vectors.position)
                 feed.prune_log(self.store, min(positions))
-                logger.debug("%s: indexes saved at change-log position %d", self.directory, min(positions))
+                logger.debug("indexes saved at change-log position %d", min(positions))
         finally:
             if lock is not None:
                 lock.release()
 
     def _current(self) -> bool:
-        if self._lexical is None:
+        if self._lexical.index is None:
             return False
         position = feed.log_position(self.store)
-        dense_ok = self._dense is None and self._dimension() is None or (
-            self._dense is not None and self._dense.position == position)
+        dense_ok = (self.vectors.position == position if self._synced
+                    else self.store.vector_dimension() is None)
         return dense_ok and self._lexical.position == position
+
+    def close(self) -> None:
+        self.vectors.close()
 
     # -- searching --------------------------------------------------------------------------
     def search(self, query, options: SearchOptions) -> list[Hit]:
@@ -140,16 +135,15 @@ class Retriever:
         options.check()
         conditions = filter_module.normalize(options.filters)
         self.refresh(writable=False)
-        allowed = filter_module.allowed_chunk_ids(self.store, conditions) if conditions else None
+        allowed = self.store.matching_chunk_ids(conditions) if conditions else None
         if allowed is not None and len(allowed) == 0:
             return []
         depth = max(options.k, options.depth) if options.mode == "hybrid" else options.k
         rankings: dict[str, list[tuple[int, float]]] = {}
-        if options.mode in ("hybrid", "dense") and self._dense is not None:
-            vector = self.kb.embedder.encode_query(query)
-            rankings["dense"] = self._dense.search(vector, depth, allowed)
+        if options.mode in ("hybrid", "dense") and self._synced:
+            rankings["dense"] = self.vectors.search(self.embed_query(query), depth, allowed)
         if options.mode in ("hybrid", "lexical"):
-            rankings["lexical"] = self.lexical().search(query, depth, allowed)
+            rankings["lexical"] = self._lexical.search(query, depth, allowed)
         if options.mode != "hybrid":
             ranking = rankings.get(options.mode, [])
             explain = {cid: {options.mode: {"rank": r, "score": s}} for r, (cid, s) in enumerate(ranking, 1)}

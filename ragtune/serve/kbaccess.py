@@ -11,6 +11,7 @@ for the encode call itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -78,9 +79,9 @@ class ServingRetriever(Retriever):
     """A Retriever whose indexes change only under the write lock: a search that finds them behind
     the store does not catch up in place (other threads are reading them); `catch_up` does it."""
 
-    def __init__(self, kb, lock: ReadWriteLock):
-        super().__init__(kb)
-        self._rw = lock
+    def __init__(self, store, *, rw_lock: ReadWriteLock, **parts):
+        super().__init__(store, **parts)
+        self._rw = rw_lock
 
     def refresh(self, *, writable: bool) -> None:
         if self._rw.writing:
@@ -95,7 +96,7 @@ class ServingRetriever(Retriever):
             return
         with self._rw.write():
             if self.stale():
-                log.info("%s: catching the indexes up with the store", self.kb.path)
+                log.info("%s: catching the indexes up with the store", self.store.path)
                 super().refresh(writable=False)
 
 
@@ -108,16 +109,21 @@ class KBAccess:
         self.path = Path(path).absolute()
         # a KB the server may not write is still served (search and answers), without uploads
         readonly = (self.path / "ragtune.db").exists() and not os.access(self.path, os.W_OK)
-        self.kb = KnowledgeBase.open(self.path, threads=threads, readonly=readonly)
         self.lock = ReadWriteLock()
+        config = self.read_config(self.path)
+        if embedder is None or (embedder.name, embedder.precision) != (config.embedder, config.precision):
+            from ..models.embedder import Embedder
+
+            embedder = Embedder(config.embedder, precision=config.precision,
+                                threads=threads if threads is not None else config.threads)
+        if not isinstance(embedder, LockedEmbedder):
+            embedder = LockedEmbedder(embedder)
+        # the embedder, already loaded, may be shared with other KBs (one thread for one model); the
+        # KB's own writes (ingest, delete) refresh the indexes through the serving retriever
+        self.kb = KnowledgeBase.open(self.path, threads=threads, readonly=readonly, embedder=embedder,
+                                     retriever=functools.partial(ServingRetriever, rw_lock=self.lock))
         self.uploads = Path(os.path.realpath(self.path)) / uploads_dir
-        self.retriever = ServingRetriever(self.kb, self.lock)
-        self.kb._retriever = self.retriever  # the KB's own writes (ingest, delete) refresh through it
-        config = self.kb.config
-        if embedder is not None and (embedder.name, embedder.precision) == (config.embedder, config.precision):
-            self.kb._embedder = embedder  # already loaded, shared with other KBs (one lock for one model)
-        if not isinstance(self.kb._embedder, LockedEmbedder):
-            self.kb._embedder = LockedEmbedder(self.kb.embedder)
+        self.retriever = self.kb.retriever
 
     @staticmethod
     def read_config(path: Path):
@@ -161,37 +167,24 @@ class KBAccess:
 
     def documents(self, *, limit: int = 100, offset: int = 0, prefix: str | None = None) -> tuple[list[dict], int]:
         """Stored documents, by source, with how many there are in all."""
-        where, params = "", []
-        if prefix:
-            where, params = "WHERE source LIKE ? ESCAPE '\\'", [_like_prefix(prefix)]
         with self.read():
-            conn = self.kb.store.conn
-            total = conn.execute(f"SELECT COUNT(*) FROM documents {where}", params).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT doc_id, source, title, file_path, chunk_count, ingested_at, duplicate_of FROM documents {where} "
-                "ORDER BY source LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+            rows, total = self.kb.store.documents(limit=limit, offset=offset, prefix=prefix)
         uploads = str(self.uploads) + "/"
         return [{"id": r["doc_id"], "source": r["source"], "title": r["title"], "file": r["file_path"],
                  "chunks": r["chunk_count"], "ingested_at": r["ingested_at"], "duplicate": r["duplicate_of"] is not None,
-                 "uploaded": str(r["file_path"]).startswith(uploads)} for r in rows], int(total)
+                 "uploaded": str(r["file_path"]).startswith(uploads)} for r in rows], total
 
     def documents_by_id(self, doc_id: str) -> list[dict]:
         with self.read():
-            rows = self.kb.store.conn.execute("SELECT doc_id, source, file_path FROM documents WHERE doc_id = ? OR source = ?",
-                                              (doc_id, doc_id)).fetchall()
-        return [dict(r) for r in rows]
+            return self.kb.store.documents_named(doc_id)
 
     def passage(self, chunk_id: int, *, context: int = 1) -> dict | None:
         """A chunk with its neighbours (the text around it), and where the chunk sits in that text."""
         with self.read():
-            conn = self.kb.store.conn
-            row = conn.execute("SELECT chunk_id, doc_id, source, title, ordinal, text, start_char, end_char, page, "
-                               "document_id FROM chunk_view WHERE chunk_id = ?", (chunk_id,)).fetchone()
-            if row is None:
-                return None
-            around = conn.execute("SELECT chunk_id, text, start_char, end_char FROM chunk_view WHERE document_id = ? "
-                                  "AND ordinal BETWEEN ? AND ? ORDER BY start_char",
-                                  (row["document_id"], row["ordinal"] - context, row["ordinal"] + context)).fetchall()
+            found = self.kb.store.passage(chunk_id, context=context)
+        if found is None:
+            return None
+        row, around = found
         text, highlight, end = "", [0, 0], None
         for part in around:
             piece, start = part["text"], part["start_char"]
@@ -220,5 +213,3 @@ class KBAccess:
             return self.kb.delete(source, wait=wait)
 
 
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -182,7 +182,7 @@ async def list_runs(request: Request):
         from ..store.runs import RunsDB
 
         with RunsDB(path) as db:
-            counts = dict(db.conn.execute("SELECT run_id, COUNT(*) FROM predictions GROUP BY run_id").fetchall())
+            counts = db.prediction_counts()
             return [{"id": r["id"], "strategy": r["strategy"], "model": r["model"], "dataset": r["dataset_path"],
                      "kb": r["kb_path"], "k": r["k"], "status": r["status"], "started": r["started"],
                      "finished": r["finished"], "predictions": counts.get(r["id"], 0)} for r in db.runs()]

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import KnowledgeBaseError, WriterBusyError
 from .paths import prefix_sql
+from .reads import StoreReads
 from .schema import migrate
 
 
@@ -80,7 +81,7 @@ class ChunkRecord:
     metadata: dict
 
 
-class Store:
+class Store(StoreReads):
     """Documents, chunks and vectors in SQLite; derived indexes are rebuilt from here."""
 
     def __init__(self, path: Path, *, readonly: bool = False):

@@ -164,6 +164,10 @@ class RunsDB:
     def runs(self) -> list[dict]:
         return [self.run(row["id"]) for row in self.conn.execute("SELECT id FROM runs ORDER BY started, rowid")]
 
+    def prediction_counts(self) -> dict[str, int]:
+        """Run id -> how many predictions it has stored."""
+        return dict(self.conn.execute("SELECT run_id, COUNT(*) FROM predictions GROUP BY run_id").fetchall())
+
     def done_ids(self, run_id: str) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT example_id FROM predictions WHERE run_id = ?", (run_id,))}
 

@@ -1,0 +1,115 @@
+"""Scale-out on a real Ray cluster: a head node and a second worker node started with `ray start` on
+loopback (separate processes), a distributed ingest checked against a local ingest of the same files,
+and the errors a user meets (an unreachable address: clear and quick, the knowledge base untouched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+ray = pytest.importorskip("ray")
+RAY = Path(sys.executable).parent / "ray"
+TOPICS = ["harbour boats fishing", "mill rye bread museum", "forest deer oak autumn", "station trains coast",
+          "market cheese goats stall", "library maps reading room", "school pupils songs", "bridge river green paint"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`ray start --head` and a second node joining it, both on 127.0.0.1; stopped afterwards."""
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                    "--temp-dir", str(temp), *common], check=True, capture_output=True, env=env, timeout=180)
+    try:
+        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       env=env, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def _docs(root: Path) -> Path:
+    docs = root / "docs"
+    (docs / "sub").mkdir(parents=True)
+    for n, topic in enumerate(TOPICS):
+        folder = docs / "sub" if n % 2 else docs
+        (folder / f"d{n}.md").write_text(f"# Note {n}\n\n" + f"This note is about {topic}. " * 40)
+    (docs / "records.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": f"Record {i} on {TOPICS[i]}."})
+                                                + "\n" for i in range(5)) + "{broken\n")
+    (docs / "blank.txt").write_text("   \n")
+    return docs
+
+
+def _contents(kb: Path) -> tuple[list, dict]:
+    from ragtune.kb import KnowledgeBase
+    from ragtune.store import feed
+
+    with KnowledgeBase.open(kb, readonly=True) as knowledge:
+        store = knowledge.store
+        rows = [tuple(r) for r in store.conn.execute(
+            "SELECT source, doc_id, title, ordinal, text, start_char, end_char, page, metadata, document_metadata "
+            "FROM chunk_view ORDER BY source, ordinal")]
+        ids = {r[0]: (r[1], r[2]) for r in store.conn.execute("SELECT chunk_id, source, ordinal FROM chunk_view")}
+        vectors = {ids[int(i)]: v for batch_ids, matrix in feed.iter_vectors(store)
+                   for i, v in zip(batch_ids, matrix)}
+    return rows, vectors
+
+
+@pytest.mark.slow
+def test_a_ray_ingest_on_two_nodes_equals_a_local_ingest(cluster, tmp_path):
+    docs = _docs(tmp_path)
+    for name in ("local", "ray"):
+        run_cli("init", tmp_path / name, "--embedder", "WordLlama")
+    local = json.loads(run_cli("ingest", tmp_path / "local", docs, "--json").stdout)
+    distributed = json.loads(run_cli("ingest", tmp_path / "ray", docs, "--ray", "--ray-address", cluster,
+                                     "--workers", "2", "--json").stdout)
+    for key in ("ingested", "skipped", "failed", "documents_added", "chunks_added"):
+        assert distributed[key] == local[key], key
+    assert local["ingested"] == 9 and local["skipped"] == 1 and local["chunks_added"] > 16
+    assert distributed["warnings"] == local["warnings"]  # the broken record line, named the same way
+    rows_local, vectors_local = _contents(tmp_path / "local")
+    rows_ray, vectors_ray = _contents(tmp_path / "ray")
+    assert rows_ray == rows_local
+    assert vectors_ray.keys() == vectors_local.keys()
+    assert max(float(np.abs(vectors_ray[k] - vectors_local[k]).max()) for k in vectors_local) < 1e-5
+    for query in ("deer in the oak forest", "Record 3"):
+        hits = [json.loads(run_cli("search", tmp_path / name, query, "--k", "5", "--json").stdout)
+                for name in ("local", "ray")]
+        assert [(h["source"], h["text"]) for h in hits[0]] == [(h["source"], h["text"]) for h in hits[1]]
+    again = json.loads(run_cli("ingest", tmp_path / "ray", docs, "--ray", "--ray-address", cluster, "--json").stdout)
+    assert again["unchanged"] == 9 and again["chunks_added"] == 0  # unchanged files never reach the cluster
+
+
+def test_an_unreachable_ray_address_is_a_quick_clear_error_and_changes_nothing(tmp_path):
+    docs = _docs(tmp_path)
+    run_cli("init", tmp_path / "kb", "--embedder", "WordLlama")
+    run_cli("ingest", tmp_path / "kb", docs / "d0.md")
+    before = (tmp_path / "kb" / "ragtune.db").read_bytes()
+    started = time.perf_counter()
+    result = run_cli("ingest", tmp_path / "kb", docs, "--ray", "--ray-address", f"127.0.0.1:{_free_port()}",
+                     check=False)
+    assert result.returncode != 0 and "no Ray head node answers there" in result.stderr
+    assert time.perf_counter() - started < 60  # the CLI's own start included
+    assert (tmp_path / "kb" / "ragtune.db").read_bytes() == before
+    wrong = run_cli("ingest", tmp_path / "kb", docs, "--workers", "3", check=False)
+    assert wrong.returncode != 0 and "add --ray" in wrong.stderr
+    shutil.rmtree(tmp_path / "kb")
