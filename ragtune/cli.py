@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from .cli_shared import (API_KEY_ENV_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, LORA_OPTION, MODEL_OPTION,  # noqa: F401
                          THREADS_OPTION, TIMEOUT_OPTION, WAIT_OPTION, WEIGHT_FORMAT_OPTION, WORKED_EXAMPLE_OPTION, PROMPT_OPTION, STRICT_OPTION,
-                         _emit_json, err, out)
-from .errors import ConfigError, RagtuneError
+                         RAY_ADDRESS_OPTION, RAY_OPTION, WORKERS_OPTION, _emit_json, err, out, ray_settings)
+from .errors import RagtuneError
 from .evaluate.cli import register as register_evaluate_commands
 from .finetune.data_cli import data_app
 from .finetune.train_cli import register as register_finetune_commands
@@ -101,19 +101,16 @@ def ingest(
     title_field: Optional[str] = TITLE_FIELD,
     threads: Optional[int] = THREADS_OPTION,
     wait: float = WAIT_OPTION,
-    ray: bool = typer.Option(False, "--ray", help="Parse, chunk and embed on a Ray cluster (a local Ray when none "
-                             "is named); the KB ends the same as a local ingest."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster's head (host:port); "
-                                              "default: RAY_ADDRESS, else a local Ray."),
-    workers: int = typer.Option(2, "--workers", help="With --ray: embedding actors (and CPUs of a local Ray)."),
+    ray: bool = RAY_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = WORKERS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Load, clean, chunk, embed and store documents; unchanged files are skipped."""
+    """Load, clean, chunk, embed and store documents; unchanged files are skipped (--ray: parsed, chunked
+    and embedded on a Ray cluster, the KB ending the same as a local ingest)."""
     options = _options(glob, exclude, text_field, id_field, title_field)
-    if (ray_address or workers != 2) and not ray:
-        raise ConfigError("--ray-address and --workers apply to --ray; add --ray")
-    report = _run_ingest(kb, paths, options, threads, wait, as_json, sync=False,
-                         ray={"ray": True, "ray_address": ray_address, "workers": workers} if ray else None)
+    settings = ray_settings(ray, ray_address, workers)
+    report = _run_ingest(kb, paths, options, threads, wait, as_json, sync=False, ray=settings if ray else None)
     if report.failed and not report.ingested and not report.unchanged:
         raise typer.Exit(1)
 

@@ -18,6 +18,22 @@ err = Console(stderr=True)
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Torch threads (default: the KB's setting, else torch's).")
 WAIT_OPTION = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish.")
+RAY_OPTION = typer.Option(False, "--ray", help="Run on a Ray cluster (a local Ray when none is named); see docs/scale.md.")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="With --ray: the cluster's head (host:port); "
+                                  "default: RAY_ADDRESS, else a local Ray.")
+WORKERS_OPTION = typer.Option(2, "--workers", help="With --ray: workers (embedding actors, model replicas) and the "
+                              "CPUs of a local Ray.")
+
+
+def ray_settings(ray: bool, ray_address, workers: int) -> dict:
+    """The --ray flags as keyword arguments; --ray-address or --workers without --ray is an error."""
+    from .errors import ConfigError
+
+    if not ray and (ray_address or workers != 2):
+        raise ConfigError("--ray-address and --workers apply to --ray; add --ray")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: use at least 1")
+    return {"ray": ray, "ray_address": ray_address, "workers": workers}
 
 
 def stage_printer(quiet: bool):

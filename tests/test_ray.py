@@ -113,3 +113,40 @@ def test_an_unreachable_ray_address_is_a_quick_clear_error_and_changes_nothing(t
     wrong = run_cli("ingest", tmp_path / "kb", docs, "--workers", "3", check=False)
     assert wrong.returncode != 0 and "add --ray" in wrong.stderr
     shutil.rmtree(tmp_path / "kb")
+
+
+@pytest.mark.slow
+def test_an_evaluation_fanned_out_to_two_replicas_answers_and_stores_like_a_local_one(cluster, tmp_path):
+    """`eval qa --ray`: two SmolLM2 replicas (one per node) answer; the driver scores and stores in the
+    same runs database, the answers equal a local run's, and a rerun resumes with nothing left to do."""
+    from ragtune.store.runs import RunsDB
+
+    docs = _docs(tmp_path)
+    run_cli("init", tmp_path / "kb", "--embedder", "WordLlama")
+    run_cli("ingest", tmp_path / "kb", docs)
+    questions = [("What is note 2 about?", "forest deer oak autumn"), ("What does record 1 say?", "mill rye bread"),
+                 ("Which note is about trains?", "Note 3"), ("What is note 6 about?", "school pupils songs")]
+    dataset = tmp_path / "eval.jsonl"
+    dataset.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a]}) + "\n"
+                               for i, (q, a) in enumerate(questions)))
+    common = ["eval", "qa", "--dataset", dataset, "--strategy", "rag", "--kb", tmp_path / "kb", "--model",
+              "SmolLM2-135M-Instruct", "--max-tokens", "24", "--concurrency", "1", "--threads", "1", "--json"]
+    local = json.loads(run_cli(*common, "--runs-db", tmp_path / "local.db").stdout)
+    remote = json.loads(run_cli(*common, "--runs-db", tmp_path / "ray.db", "--ray", "--ray-address", cluster,
+                                "--workers", "2").stdout)
+    assert remote["n"] == local["n"] == 4
+    with RunsDB(tmp_path / "local.db") as db_local, RunsDB(tmp_path / "ray.db") as db_ray:
+        mine = {r["example_id"]: (r["prediction"], r["retrieved_ids"]) for r in db_local.predictions(local["run_id"])}
+        theirs = {r["example_id"]: (r["prediction"], r["retrieved_ids"]) for r in db_ray.predictions(remote["run_id"])}
+    assert theirs == mine
+    assert remote["metrics"] == local["metrics"]
+    # a run killed half way (two answers stored, still 'running') is resumed, not restarted
+    with RunsDB(tmp_path / "ray.db") as db:
+        db.conn.execute("DELETE FROM predictions WHERE run_id = ? AND example_id IN ('q2', 'q3')", (remote["run_id"],))
+        db.conn.execute("UPDATE runs SET status = 'running', finished = NULL WHERE id = ?", (remote["run_id"],))
+        db.conn.commit()
+    again = json.loads(run_cli(*common, "--runs-db", tmp_path / "ray.db", "--ray", "--ray-address", cluster,
+                               "--workers", "2").stdout)
+    assert again["run_id"] == remote["run_id"] and again["n"] == 4
+    with RunsDB(tmp_path / "ray.db") as db:
+        assert {r["example_id"]: (r["prediction"], r["retrieved_ids"]) for r in db.predictions(again["run_id"])} == mine

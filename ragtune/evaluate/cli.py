@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ..cli_shared import (PROMPT_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, THREADS_OPTION, WEIGHT_FORMAT_OPTION, _emit_json,
-                          err, out)
+from ..cli_shared import (PROMPT_OPTION, BACKEND_OPTION, BASE_URL_OPTION, JSON_OPTION, RAY_ADDRESS_OPTION, RAY_OPTION,
+                          THREADS_OPTION, WEIGHT_FORMAT_OPTION, WORKERS_OPTION, _emit_json, err, out, ray_settings)
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answer quality; import evaluation sets.")
 
@@ -141,9 +141,13 @@ def eval_qa(
     concurrency: int = CONCURRENCY_OPTION,
     prompt: str = PROMPT_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    ray: bool = RAY_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = WORKERS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Answer an evaluation set with one strategy, score and store each prediction; resumes after a kill."""
+    """Answer an evaluation set with one strategy, score and store each prediction; resumes after a kill
+    (--ray: answered by --workers model replicas on a Ray cluster, stored here alike)."""
     from ..store.runs import open_runs_db
     from .plan import EvalPlan, run_plan
     from .strategies import STRATEGIES, check_strategy
@@ -154,7 +158,8 @@ def eval_qa(
                     ft_model=model if fine_tuned else None, kb=kb, k=k, max_new_tokens=max_tokens, limit=limit,
                     quick=quick, threads=threads, backend=backend, concurrency=concurrency, base_url=base_url,
                     scorers=list(scorer or []), scorer_options=_scorer_options(scorer_option), fresh=fresh,
-                    judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt))
+                    judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt),
+                    **ray_settings(ray, ray_address, workers))
     _note_model(model if not fine_tuned else "given", base_url)
     with open_runs_db(runs_db, kb) as db:
         summary = run_plan(plan, db, console=None if as_json else err, run_id=run_id)[0]
@@ -206,6 +211,9 @@ def compare(
     knowledge_changes: str = typer.Option("monthly", "--knowledge-changes", help="daily, monthly or never: changing knowledge favours retrieval."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Also compare every strategy with this one (e.g. rag): difference, 95% interval, p (report.json 'versus')."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and report.html."),
+    ray: bool = RAY_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = WORKERS_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Compare strategies: every metric, paired 95% intervals and p-values against the best, latency, training cost, a recommendation and reports."""
@@ -228,7 +236,8 @@ def compare(
                         model=model, ft_model=ft_model, raft_model=raft_model, kb=kb, k=k, max_new_tokens=max_tokens, limit=limit,
                         quick=quick, threads=threads, backend=backend, concurrency=concurrency, base_url=base_url,
                         scorers=list(scorer or []), scorer_options=_scorer_options(scorer_option),
-                        judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt))
+                        judge=judge, judge_base_url=judge_base_url, prompt=_check_prompt(prompt),
+                        **ray_settings(ray, ray_address, workers))
         _note_model(model, base_url)
         with open_runs_db(runs_db, kb) as db:
             ids = [summary["run_id"] for summary in run_plan(plan, db, console=None if as_json else err)]

@@ -55,6 +55,9 @@ class EvalPlan:
     fresh: bool = False
     # how retrieval strategies ask: auto | grounded | rag | reader (the KB's reader adapter, loaded for the model)
     prompt: str = "auto"
+    ray: bool = False  # answer on `workers` model replicas on a Ray cluster (evaluate/ray_replicas.py)
+    ray_address: str | None = None
+    workers: int = 2
 
     def check(self) -> None:
         if not self.strategies:
@@ -187,8 +190,12 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
         judge = JudgeFaithfulness(make_generator(plan.judge, base_url=plan.judge_base_url, threads=plan.threads,
                                                  backend=plan.backend, slots=plan.concurrency))
     faithfulness = _faithfulness_scorer(judge) if plan.faithfulness else None
+    if plan.ray:
+        from .. import distributed
+
+        distributed.connect(plan.ray_address, plan.workers)
     kb = None
-    if any(STRATEGIES[name][1] for name in plan.strategies):
+    if any(STRATEGIES[name][1] for name in plan.strategies) and not plan.ray:
         from ..kb import KnowledgeBase
 
         kb = KnowledgeBase.open(plan.kb, threads=plan.threads)
@@ -199,12 +206,17 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
         for name in plan.strategies:
             by_model.setdefault(plan.model_for(name), []).append(name)
         for model, names in by_model.items():
-            generator = _generator(plan, model)
+            generator = None if plan.ray else _generator(plan, model)
             training = training_cost(model) if any(STRATEGIES[n][0] for n in names) else None
             for name in names:
                 retrieves = STRATEGIES[name][1]
-                strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens, style=style,
-                                         prompt=plan.prompt)
+                if plan.ray:
+                    from .ray_replicas import RemoteStrategy
+
+                    strategy = RemoteStrategy(plan, name, model, max_tokens, style, workers=plan.workers)
+                else:
+                    strategy = make_strategy(name, generator, kb=kb, k=plan.k, max_new_tokens=max_tokens,
+                                             style=style, prompt=plan.prompt)
                 config = {"strategy": name, "model": model, "backend": plan.backend, "base_url": plan.base_url,
                           "kb": str(plan.kb) if retrieves else None, "k": plan.k if retrieves else None,
                           "max_new_tokens": max_tokens, "threads": plan.threads, "concurrency": plan.concurrency,
@@ -217,8 +229,11 @@ def run_plan(plan: EvalPlan, db, *, console=None, run_id: str | None = None) -> 
                     plan.dataset, strategy, db, examples=examples, model=model,
                     kb_path=str(plan.kb) if retrieves else None, k=plan.k if retrieves else None, config=config,
                     limit=len(examples) if (plan.quick or plan.limit is not None) else None,
-                    run_id=run_id, resume=not plan.fresh, console=console, concurrency=plan.concurrency, scorers=scorers,
+                    run_id=run_id, resume=not plan.fresh, console=console, scorers=scorers,
+                    concurrency=plan.concurrency * (plan.workers if plan.ray else 1),
                     faithfulness=faithfulness if retrieves else None)
+                if plan.ray:
+                    strategy.close()
             del generator
     finally:
         if kb is not None:
