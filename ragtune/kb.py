@@ -158,6 +158,7 @@ class KnowledgeBase:
             from . import distributed
 
             distributed.connect(ray_address, workers)  # an unreachable cluster fails here, before any change
+        self._check_vector_store()
         lock = self._writer(wait)
         try:
             try:
@@ -186,8 +187,15 @@ class KnowledgeBase:
         return self.ingest([path], options, progress=progress, wait=wait, remove_missing=True,
                            prune_missing=prune_missing)
 
+    def _check_vector_store(self) -> None:
+        """A vector store that cannot be reached (a Milvus server) fails a write before anything changes."""
+        check = getattr(self.retriever.vectors, "check", None)
+        if check is not None:
+            check()
+
     def delete(self, source: str, *, wait: float = 0.0) -> int:
         """Remove a file's documents (by path) or one document (by source); returns documents removed."""
+        self._check_vector_store()
         lock = self._writer(wait)
         try:
             try:

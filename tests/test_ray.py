@@ -130,7 +130,8 @@ def test_an_evaluation_fanned_out_to_two_replicas_answers_and_stores_like_a_loca
     dataset.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a]}) + "\n"
                                for i, (q, a) in enumerate(questions)))
     common = ["eval", "qa", "--dataset", dataset, "--strategy", "rag", "--kb", tmp_path / "kb", "--model",
-              "SmolLM2-135M-Instruct", "--max-tokens", "24", "--concurrency", "1", "--threads", "1", "--json"]
+              "SmolLM2-135M-Instruct", "--max-tokens", "16", "--prompt", "rag", "--concurrency", "1", "--threads", "1",
+              "--json"]
     local = json.loads(run_cli(*common, "--runs-db", tmp_path / "local.db").stdout)
     remote = json.loads(run_cli(*common, "--runs-db", tmp_path / "ray.db", "--ray", "--ray-address", cluster,
                                 "--workers", "2").stdout)

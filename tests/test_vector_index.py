@@ -229,3 +229,10 @@ def test_a_milvus_knowledge_base_answers_like_a_faiss_one_through_the_cli(kb, tm
     assert not (tmp_path / "nowhere").exists()
     wrong = run_cli("init", tmp_path / "x", "--milvus-uri", "milvus.sqlite", check=False)
     assert wrong.returncode != 0 and "--milvus-uri" in wrong.stderr
+    # the server behind an existing KB goes away: a write fails before SQLite changes
+    config = tmp_path / "milvus" / "ragtune.yaml"
+    config.write_text(config.read_text().replace("milvus_uri: null", "milvus_uri: http://127.0.0.1:9"))
+    before = (tmp_path / "milvus" / "ragtune.db").read_bytes()
+    gone = run_cli("ingest", tmp_path / "milvus", docs / "d0.txt", check=False)
+    assert gone.returncode != 0 and "cannot reach Milvus at http://127.0.0.1:9" in gone.stderr
+    assert (tmp_path / "milvus" / "ragtune.db").read_bytes() == before

@@ -103,7 +103,7 @@ def reader(
     kb: Path = typer.Argument(..., help="Knowledge base the reader is for; it is installed there (KB/readers/MODEL)."),
     model: Optional[str] = typer.Option(None, "--model", help="The packaged chat model to train a reader for (default: the one ask answers with)."),
     mix: Optional[Path] = typer.Option(None, "--mix", help="A public QA set with passages to train on (HotpotQA: IRCoT's JSONL or the original JSON), instead of or beside --synthesize."),
-    synthesize: Optional[int] = typer.Option(None, "--synthesize", help=f"Questions the teacher writes over the knowledge base (default 80; 0 with --mix)."),
+    synthesize: Optional[int] = typer.Option(None, "--synthesize", help="Questions the teacher writes over the knowledge base (default 80; 0 with --mix)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Model that writes the questions (default: --model)."),
     minutes: float = typer.Option(20.0, "--minutes", help="Training time budget; training stops and saves at the first step after it."),
     p: float = typer.Option(1.0, "--p", help="Share of examples that show the answering passage (the rest teach 'not found'; 0.8, RAFT's, made the reader refuse too often)."),
