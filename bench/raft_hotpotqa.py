@@ -68,9 +68,22 @@ def evaluate(held, kb: Path, models: dict, args, work: Path, stages: Stages) -> 
                         ("load_raft_model", models["raft"])):
         with stages(name):  # llama.cpp engines are cached per file: run_plan finds them loaded
             make_generator(model, threads=args.threads, slots=args.concurrency).load()
+    from ragtune.store.runs import file_sha256, model_hash
+
     run_ids = []
     with RunsDB(work / "runs.db") as db:
         for name in STRATEGIES:
+            model = models["raft"] if name == "raft+rag" else models["ft"] if name == "ft+rag" else args.model
+            # a finished run of the same questions and the same model file (by content) is reused: a
+            # longer RAFT budget re-scores only raft+rag
+            same = [r["id"] for r in db.runs() if r["strategy"] == name and r["status"] == "finished"
+                    and r["dataset_sha256"] == file_sha256(dataset) and r["model_hash"] == model_hash(model)
+                    and r["config"].get("max_new_tokens") == (args.max_tokens if name != "raft+rag"
+                                                               else max(args.max_tokens, 256))]
+            if same:
+                stages.reused(f"eval_{name}", {"path": f"run {same[-1]}"})
+                run_ids.append(same[-1])
+                continue
             plan = EvalPlan(dataset=dataset, strategies=[name], model=args.model, ft_model=models["ft"],
                             raft_model=models["raft"], kb=kb, k=args.k, max_new_tokens=args.max_tokens,
                             threads=args.threads, concurrency=args.concurrency)
@@ -125,15 +138,15 @@ def main() -> None:
     ft_data = write_jsonl(closed_book_chats(train, None), work / "ft.jsonl")
     with stages("train_ft"):
         ft_gguf, training["ft"] = train_and_export(
-            recipe_for("hotpotqa-ft", args.model, ft_data, work / "ft-run", max_length=512, epochs=args.epochs,
+            recipe_for("hotpotqa-ft", args.model, ft_data, work / f"ft-run-{args.ft_minutes:g}min", max_length=512, epochs=args.epochs,
                        threads=args.threads, learning_rate=args.learning_rate, minutes=args.ft_minutes,
-                       layers=args.layers), work / "ft-run" / "model.gguf")
+                       layers=args.layers), work / f"ft-run-{args.ft_minutes:g}min" / "model.gguf")
     with stages("train_raft"):
         raft_gguf, training["raft"] = train_and_export(
-            recipe_for("hotpotqa-raft", args.model, work / "raft-data" / "chat.jsonl", work / "raft-run",
+            recipe_for("hotpotqa-raft", args.model, work / "raft-data" / "chat.jsonl", work / f"raft-run-{args.raft_minutes:g}min",
                        max_length=raft_max, epochs=args.epochs, threads=args.threads,
                        learning_rate=args.learning_rate, minutes=args.raft_minutes, layers=args.layers, batch_size=4),
-            work / "raft-run" / "model.gguf")
+            work / f"raft-run-{args.raft_minutes:g}min" / "model.gguf")
     result = evaluate(held, kb, {"ft": str(ft_gguf), "raft": str(raft_gguf)}, args, work, stages)
     versus = result["versus"]["rows"]
     output = {name: {**{m: round(result["strategies"][name].get(m, 0.0), 4) for m in ("f1", "em", "recall_at_k")},
