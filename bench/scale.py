@@ -51,11 +51,11 @@ def ingest(work: Path, docs: Path, name: str, **ray) -> dict:
     try:
         report = kb.ingest([docs], options, **ray)
         seconds = time.perf_counter() - started
-        chunks = sorted(kb.store.conn.execute("SELECT source, ordinal, text FROM chunk_view").fetchall())
+        chunks = sorted(tuple(r) for r in kb.store.chunk_rows())
     finally:
         kb.close()
     return {"seconds": round(seconds, 1), "chunks": report.chunks_added,
-            "chunks_per_s": round(report.chunks_added / seconds, 1), "_content": [tuple(c) for c in chunks]}
+            "chunks_per_s": round(report.chunks_added / seconds, 1), "_content": chunks}
 
 
 def search_latency(backend: str, work: Path, vectors: np.ndarray, queries: np.ndarray) -> dict:

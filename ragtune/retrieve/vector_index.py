@@ -34,6 +34,7 @@ class VectorIndex(Protocol):
 
     name: str  # the backend: "faiss" or "milvus"
     kind: str  # how it searches: "flat", "hnsw", ...
+    dimension: int | None  # of the vectors, once opened or reset
     position: int  # the change-log sequence number the index holds (durable after save())
     rebuilt: bool  # rebuilt from the store since it was opened
 
