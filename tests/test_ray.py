@@ -35,16 +35,30 @@ def cluster(tmp_path_factory):
     """`ray start --head` and a second node joining it, both on 127.0.0.1; stopped afterwards."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    # a token left in ~/.ray by an earlier local ray.init turns token authentication on for the head
+    # only, and the second node is then refused: this test cluster runs without it, and so do the
+    # CLI calls that join it (they inherit this process's environment)
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "RAY_ADDRESS")}
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    os.environ.pop("RAY_ADDRESS", None)
     common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
-    subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                    "--temp-dir", str(temp), *common], check=True, capture_output=True, env=env, timeout=180)
+
+    def ray(*args):
+        done = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=180)
+        if done.returncode:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+
     try:
-        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
-                       env=env, timeout=180)
+        ray("start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp), *common)
+        ray("start", "--address", f"127.0.0.1:{port}", *common)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _docs(root: Path) -> Path:

@@ -85,11 +85,14 @@ def runtime_gguf(source: Path, *, weight_format: str = "auto", threads: int | No
     from filelock import FileLock
 
     folder.mkdir(parents=True, exist_ok=True)
-    shaped = cache_dir / "llamacpp" / "by-shape" / f"{shape_key(source)}-{machine_key()}.json"
+    try:
+        shaped = cache_dir / "llamacpp" / "by-shape" / f"{shape_key(source)}-{machine_key()}.json"
+    except (OSError, ValueError):  # not a GGUF we can read: llama.cpp's own load says what is wrong
+        shaped = None
     with FileLock(str(folder / ".measure.lock")):  # two processes measuring at once would time each other
         if choice.is_file() and _current(choice):
             return runtime_gguf(source, threads=threads, cache_dir=cache_dir)
-        if shaped.is_file() and _current(shaped):
+        if shaped is not None and shaped.is_file() and _current(shaped):
             record = json.loads(shaped.read_text())
             picked = record["format"]
             logger.info("%s has the shapes of %s, measured before on this CPU: runs as %s", display_name(source),
@@ -98,8 +101,9 @@ def runtime_gguf(source: Path, *, weight_format: str = "auto", threads: int | No
             _write_json(choice, {**record, "source": str(source), "same_shape_as": record["source"]})
             return path, picked
         path, picked = _measure_and_choose(source, folder, threads)
-        shaped.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(shaped, json.loads(choice.read_text()))
+        if shaped is not None:
+            shaped.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(shaped, json.loads(choice.read_text()))
         return path, picked
 
 
