@@ -21,7 +21,8 @@ WAIT_OPTION = typer.Option(0.0, "--wait", help="Seconds to wait for another writ
 RAY_OPTION = typer.Option(False, "--ray", help="Run on a Ray cluster (a local Ray when none is named); see docs/scale.md.")
 RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="With --ray: the cluster's head (host:port); "
                                   "default: RAY_ADDRESS, else a local Ray.")
-WORKERS_OPTION = typer.Option(2, "--workers", help="With --ray: workers (embedding actors, model replicas) and the "
+WORKERS_OPTION = typer.Option(2, "--workers", help="With --ray: workers (embedding actors, training processes, model "
+                              "replicas) and the "
                               "CPUs of a local Ray.")
 
 

@@ -1,4 +1,4 @@
-"""Joining a Ray cluster for `--ray` (ingest today): a named cluster, RAY_ADDRESS, or a local Ray.
+"""Joining a Ray cluster for `--ray` (ingest, training, evaluation): a named cluster, RAY_ADDRESS, or a local Ray.
 
 Why a reachability check before `ray.init`: Ray waits a long time for a head node that is not
 there, and a user who mistyped an address should hear so within seconds, before anything changes.
@@ -36,9 +36,10 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                           "`ray start --head`, or fix the address (or RAY_ADDRESS)") from None
 
 
-def connect(address: str | None = None, workers: int = 2) -> None:
+def connect(address: str | None = None, workers: int = 2, *, worker_logs: bool = False) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), or start a local Ray with `workers` CPUs.
-    A process that is already connected stays connected."""
+    `worker_logs`: show the workers' output here (training's progress lines). A process that is already
+    connected stays connected."""
     try:
         import ray
     except ImportError:
@@ -52,5 +53,5 @@ def connect(address: str | None = None, workers: int = 2) -> None:
         check_reachable(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
-    ray.init(**kwargs, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    ray.init(**kwargs, logging_level=logging.WARNING, log_to_driver=worker_logs, configure_logging=False)
     logger.info("Ray: %s, %s CPUs", address or "local", ray.cluster_resources().get("CPU"))

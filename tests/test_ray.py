@@ -165,3 +165,88 @@ def test_an_evaluation_fanned_out_to_two_replicas_answers_and_stores_like_a_loca
     assert again["run_id"] == remote["run_id"] and again["n"] == 4
     with RunsDB(tmp_path / "ray.db") as db:
         assert {r["example_id"]: (r["prediction"], r["retrieved_ids"]) for r in db.predictions(again["run_id"])} == mine
+
+
+def _codes(path: Path) -> Path:
+    """16 chat examples (4 codewords x 4 phrasings): with a quarter held out, 12 train and 4 validate,
+    so every global batch of 4 and the validation split evenly over 2 workers."""
+    import random
+
+    codes = {"apple": "zebra", "river": "falcon", "stone": "violet", "cloud": "copper"}
+    phrases = ("What is the codeword for {}?", "Tell me the codeword for {}.", "Codeword for {}?",
+               "Which codeword goes with {}?")
+    lines = [{"messages": [{"role": "user", "content": p.format(w)},
+                           {"role": "assistant", "content": f"The codeword for {w} is {c}."}]}
+             for w, c in codes.items() for p in phrases]
+    random.Random(0).shuffle(lines)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _lora_recipe(folder: Path, name: str, model: Path, steps: int, **training) -> Path:
+    import yaml
+
+    path = folder / f"{name}-{steps}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "method": "lora", "model": str(model), "output_dir": str(folder / name), "lora": {"dropout": 0.0},
+        "data": {"train": "codes.jsonl", "max_length": 96, "validation_share": 0.25},
+        "training": {"learning_rate": 1e-3, "scheduler": "constant", "warmup": 0, "max_steps": steps,
+                     "logging_steps": 1, "checkpoint_every": 2, "threads": 1, **training}}))
+    return path
+
+
+def _curve(run: Path) -> list:
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    return [(h["step"], key, h[key]) for h in history for key in ("loss", "eval_loss", "grad_norm") if key in h]
+
+
+@pytest.mark.slow
+def test_lora_on_two_ray_workers_follows_the_local_loss_curve_and_resumes_from_ray_checkpoints(cluster, tmp_path):
+    """`train --ray --workers 2` on the two nodes: the same global batch (2 x 2 locally, 2 x 1 on each
+    worker) gives the local run's training and validation losses and adapter; stopped after 2 steps and
+    continued with --resume from Ray's checkpoint, it still does."""
+    from safetensors.torch import load_file
+
+    from conftest import two_block_smollm2
+
+    model = tmp_path / "tiny"
+    two_block_smollm2(model)
+    _codes(tmp_path / "codes.jsonl")
+    run_cli("train", _lora_recipe(tmp_path, "local", model, 4, batch_size=2, gradient_accumulation=2), "--json")
+    on_ray = ["--ray", "--ray-address", cluster, "--workers", "2", "--json"]
+    first = json.loads(run_cli("train", _lora_recipe(tmp_path, "ray", model, 2, batch_size=2,
+                                                     gradient_accumulation=2), *on_ray).stdout)
+    assert first["metrics"]["epoch"] < 1 and sorted((tmp_path / "ray" / "ray").glob("checkpoint_*"))
+    longer = _lora_recipe(tmp_path, "ray", model, 4, batch_size=2, gradient_accumulation=2)
+    refused = run_cli("train", longer, *on_ray, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # never a silent restart over a run
+    resumed = json.loads(run_cli("train", longer, *on_ray, "--resume").stdout)
+    assert resumed["resumed_from"] == "checkpoint-2"
+
+    local, remote = _curve(tmp_path / "local"), _curve(tmp_path / "ray")
+    assert [(step, key) for step, key, _ in remote] == [(step, key) for step, key, _ in local]
+    assert len([1 for _, key, _ in local if key == "eval_loss"]) >= 2
+    for (step, key, mine), (_, _, theirs) in zip(local, remote):
+        assert theirs == pytest.approx(mine, rel=1e-4), (step, key)
+    assert resumed["metrics"]["eval_loss"] == pytest.approx(
+        json.loads((tmp_path / "local" / "metrics.json").read_text())["metrics"]["eval_loss"], rel=1e-4)
+    adapters = [load_file(tmp_path / name / "model" / "adapter_model.safetensors") for name in ("local", "ray")]
+    assert adapters[0].keys() == adapters[1].keys()
+    assert max(float((adapters[0][k] - adapters[1][k]).abs().max()) for k in adapters[0]) < 1e-5
+    assert json.loads((tmp_path / "ray" / "metrics.json").read_text())["data"]["train_examples"] == 12
+
+
+def test_the_global_batch_is_shared_by_the_workers_or_refused_with_the_fix():
+    from ragtune.errors import ConfigError
+    from ragtune.finetune.ray_train import split_global_batch
+    from ragtune.finetune.recipe import validate_recipe
+
+    def split(batch, accumulation, workers):
+        recipe = validate_recipe({"data": {"train": "x.jsonl"},
+                                  "training": {"batch_size": batch, "gradient_accumulation": accumulation}})
+        t = split_global_batch(recipe, workers).training
+        return t.batch_size, t.gradient_accumulation
+
+    assert split(2, 4, 2) == (2, 2) and split(4, 1, 2) == (2, 1) and split(8, 3, 4) == (2, 3) and split(3, 1, 1) == (3, 1)
+    with pytest.raises(ConfigError, match="training.gradient_accumulation or training.batch_size a multiple of 2"):
+        split(3, 1, 2)

@@ -124,9 +124,11 @@ def collator_for(recipe, tokenizer, features: list | None = None):
 
 
 def build_trainer(recipe, model, tokenizer, train_features: list, validation_features: list, labels,
-                  checkpoints: Path, *, progress: bool = True, callbacks=(), precision: str | None = None):
+                  checkpoints: Path, *, progress: bool = True, callbacks=(), precision: str | None = None,
+                  save_on_each_node: bool = False):
     """The configured Trainer for `recipe`: its arguments, collator, metrics and loss weights.
-    `precision`: as measured by `precision.training_precision` (default: the recipe's, probed if auto)."""
+    `precision`: as measured by `precision.training_precision` (default: the recipe's, probed if auto).
+    `save_on_each_node`: every node writes whole checkpoints (data-parallel nodes without a shared disk)."""
     from .precision import training_precision
     from .trainer import (balanced_class_weights, classification_metrics, early_stopping_callbacks, make_trainer_class,
                           time_budget_callbacks, training_arguments)
@@ -137,7 +139,7 @@ def build_trainer(recipe, model, tokenizer, train_features: list, validation_fea
     trainer = make_trainer_class()(
         model=model,
         args=training_arguments(recipe, checkpoints, has_validation=has_validation, progress=progress,
-                                precision=precision),
+                                precision=precision, save_on_each_node=save_on_each_node),
         train_dataset=train_features,
         eval_dataset=validation_features if has_validation else None,
         data_collator=collator,
@@ -177,16 +179,107 @@ def _fitted_to_memory(recipe, model, collator, features, precision, last, consol
     return recipe.model_copy(update={"training": training}), record
 
 
+@dataclass
+class Prepared:
+    """What a training process builds before its Trainer: tokenizer, encoded data, model, the facts of the run."""
+    tokenizer: object
+    train_set: object
+    validation_set: object
+    labels: list | None
+    model: object
+    data: dict
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.validation_set.features)
+
+
+def prepare(recipe, warn, console) -> Prepared:
+    """Tokenizer, the recipe's data read and encoded, and the model to train (the same in every process)."""
+    from ..models.cache import resolve_model_dir
+    from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
+    from .packing import check_packing_length
+
+    model_dir = resolve_model_dir(recipe.model, progress=lambda m: console.print(m))
+    tokenizer = load_tokenizer(model_dir)
+    train_examples, validation_examples = load_data(recipe, warn)
+    train_set, validation_set, labels = _encode(recipe, tokenizer, train_examples, validation_examples, warn)
+    check_packing_length(recipe, train_set.features + validation_set.features)
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # new weights (LoRA's A, a classifier's head) start the same in every run and process
+    model = build_classifier(recipe, model_dir, labels)[0] if recipe.is_classifier else build_causal_lm(recipe, model_dir)
+    trainable, total = count_parameters(model)
+    data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
+            "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
+    return Prepared(tokenizer, train_set, validation_set, labels, model, data)
+
+
+def decide_precision_and_batch(recipe, prepared: Prepared, last, console):
+    """(recipe with the micro-batch that fits memory, precision): both measured on this machine."""
+    from .precision import training_precision
+
+    features = prepared.train_set.features
+    probe_collator = collator_for(recipe, prepared.tokenizer, features + prepared.validation_set.features)
+    precision = training_precision(recipe, prepared.model, probe_collator, features,
+                                   announce=lambda message: console.print(message, highlight=False))
+    prepared.data["precision"] = precision
+    recipe, prepared.data["memory"] = _fitted_to_memory(recipe, prepared.model, probe_collator, features, precision,
+                                                        last, console)
+    return recipe, precision
+
+
+def announce_start(console, recipe, prepared: Prepared, precision: str, where: str, last) -> None:
+    data = prepared.data
+    console.print(f"training {recipe.name}: {recipe.method} on {recipe.model} in {precision}, "
+                  f"{data['trainable_parameters']:,} of {data['total_parameters']:,} parameters trainable, "
+                  f"{data['train_examples']} train / {data['validation_examples']} validation examples"
+                  + (f", resuming from {Path(last).name}" if last else ""), highlight=False)
+    logger.info("training %s (%s on %s) in %s: %d train / %d validation examples, %s%s", recipe.name, recipe.method,
+                recipe.model, where, data["train_examples"], data["validation_examples"],
+                f"batch {recipe.training.batch_size} x accumulation {recipe.training.gradient_accumulation}",
+                f", resuming from {last}" if last else "")
+
+
+def finish(recipe, trainer, tokenizer, output, final_dir: Path, has_validation: bool) -> dict:
+    """Save the final model (the best checkpoint's, when validated) with its tokenizer; return the run's
+    record. Every process of a distributed run calls it (the last validation is collective)."""
+    if not recipe.is_classifier:
+        trainer.model.config.use_cache = True  # the saved model generates with a KV cache
+    trainer.save_model(str(final_dir))
+    tokenizer.save_pretrained(str(final_dir))
+    metrics = dict(output.metrics)
+    if has_validation:
+        metrics.update(trainer.evaluate())
+    return {"metrics": metrics, "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_metric": trainer.state.best_metric,
+            "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None),
+            "history": trainer.state.log_history}
+
+
+def write_record(recipe, run_dir: Path, record: dict, data: dict, resumed_from, started: float, *, console,
+                 progress: bool) -> TrainResult:
+    """metrics.json, loss.png and the summary table of a finished run (local or on Ray)."""
+    from .report import plot_losses, print_summary
+
+    result = TrainResult(run_dir, record["metrics"], record["best_checkpoint"], resumed_from, data,
+                         time.perf_counter() - started)
+    (run_dir / "metrics.json").write_text(json.dumps({**result.as_dict(), "method": recipe.method, "model": recipe.model,
+                                                      "best_metric": record["best_metric"],
+                                                      "train_tokens": record["train_tokens"],
+                                                      "history": record["history"]},
+                                                     indent=2, default=str), encoding="utf-8")
+    plot_losses(record["history"], run_dir / "loss.png", title=f"{recipe.name} ({recipe.method}, {recipe.model})")
+    if progress:
+        print_summary(console, recipe, result)
+    return result
+
+
 def train(recipe, *, resume: bool = False, progress: bool = True, console=None, callbacks=()) -> TrainResult:
     """Train `recipe` (a validated Recipe) and write its run directory."""
     from rich.console import Console
 
-    from ..models.cache import resolve_model_dir
     from ..runtime import quiet_transformers
-    from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
-    from .packing import check_packing_length
-    from .precision import training_precision
-    from .report import plot_losses, print_summary
 
     console = console or Console(stderr=True)
     warn = lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)  # noqa: E731
@@ -198,55 +291,14 @@ def train(recipe, *, resume: bool = False, progress: bool = True, console=None, 
         warn(f"no checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
 
-    model_dir = resolve_model_dir(recipe.model, progress=lambda m: console.print(m))
-    tokenizer = load_tokenizer(model_dir)
-    train_examples, validation_examples = load_data(recipe, warn)
-    train_set, validation_set, labels = _encode(recipe, tokenizer, train_examples, validation_examples, warn)
-    check_packing_length(recipe, train_set.features + validation_set.features)
-    if recipe.is_classifier:
-        model, _ = build_classifier(recipe, model_dir, labels)
-    else:
-        model = build_causal_lm(recipe, model_dir)
-    trainable, total = count_parameters(model)
-    has_validation = bool(validation_set.features)
-    data = {"train_examples": len(train_set.features), "validation_examples": len(validation_set.features),
-            "trainable_parameters": trainable, "total_parameters": total, "labels": labels}
-
-    probe_collator = collator_for(recipe, tokenizer, train_set.features + validation_set.features)
-    precision = training_precision(recipe, model, probe_collator, train_set.features,
-                                   announce=lambda message: console.print(message, highlight=False))
-    data["precision"] = precision
-    recipe, data["memory"] = _fitted_to_memory(recipe, model, probe_collator, train_set.features, precision, last, console)
-    trainer = build_trainer(recipe, model, tokenizer, train_set.features, validation_set.features, labels,
-                            run_dir / "checkpoints", progress=progress, callbacks=callbacks, precision=precision)
-    console.print(f"training {recipe.name}: {recipe.method} on {recipe.model} in {precision}, {trainable:,} of {total:,} "
-                  f"parameters trainable, {data['train_examples']} train / {data['validation_examples']} validation examples"
-                  + (f", resuming from {Path(last).name}" if last else ""), highlight=False)
-    logger.info("training %s (%s on %s) in %s: %d train / %d validation examples, %s%s", recipe.name, recipe.method,
-                model_dir, run_dir, data["train_examples"], data["validation_examples"],
-                f"batch {recipe.training.batch_size} x accumulation {recipe.training.gradient_accumulation}",
-                f", resuming from {last}" if last else "")
+    prepared = prepare(recipe, warn, console)
+    recipe, precision = decide_precision_and_batch(recipe, prepared, last, console)
+    trainer = build_trainer(recipe, prepared.model, prepared.tokenizer, prepared.train_set.features,
+                            prepared.validation_set.features, prepared.labels, run_dir / "checkpoints",
+                            progress=progress, callbacks=callbacks, precision=precision)
+    announce_start(console, recipe, prepared, precision, str(run_dir), last)
     output = trainer.train(resume_from_checkpoint=last)
     logger.info("training %s finished after %d steps in %.0f s", recipe.name, trainer.state.global_step,
                 time.perf_counter() - started)
-
-    final_dir = run_dir / "model"
-    if not recipe.is_classifier:
-        trainer.model.config.use_cache = True  # the saved model generates with a KV cache
-    trainer.save_model(str(final_dir))
-    tokenizer.save_pretrained(str(final_dir))
-    metrics = dict(output.metrics)
-    if has_validation:
-        metrics.update(trainer.evaluate())
-    history = trainer.state.log_history
-    best = trainer.state.best_model_checkpoint
-    result = TrainResult(run_dir, metrics, best, last, data, time.perf_counter() - started)
-    (run_dir / "metrics.json").write_text(json.dumps({**result.as_dict(), "method": recipe.method, "model": recipe.model,
-                                                      "best_metric": trainer.state.best_metric,
-                                                      "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None),
-                                                      "history": history},
-                                                     indent=2, default=str), encoding="utf-8")
-    plot_losses(history, run_dir / "loss.png", title=f"{recipe.name} ({recipe.method}, {recipe.model})")
-    if progress:
-        print_summary(console, recipe, result)
-    return result
+    record = finish(recipe, trainer, prepared.tokenizer, output, run_dir / "model", prepared.has_validation)
+    return write_record(recipe, run_dir, record, prepared.data, last, started, console=console, progress=progress)

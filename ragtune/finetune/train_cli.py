@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..cli_shared import RAY_ADDRESS_OPTION, RAY_OPTION, WORKERS_OPTION, ray_settings
+
 err = Console(stderr=True)
 
 
@@ -36,11 +38,21 @@ def train(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default: the recipe's output_dir, else runs/NAME)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: the recipe's training.threads, else torch's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's result as JSON on stdout."),
+    ray: bool = RAY_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = WORKERS_OPTION,
 ):
     """Fine-tune a model: lora | qlora | full | freeze | classify, as the recipe says."""
-    from .run import train as run_training
+    settings = ray_settings(ray, ray_address, workers)
+    if ray:
+        from .ray_train import train_on_ray
 
-    result = run_training(_recipe(recipe, threads, output_dir), resume=resume, progress=not as_json)
+        result = train_on_ray(_recipe(recipe, threads, output_dir), workers=workers, address=settings["ray_address"],
+                              resume=resume, progress=not as_json, console=err)
+    else:
+        from .run import train as run_training
+
+        result = run_training(_recipe(recipe, threads, output_dir), resume=resume, progress=not as_json)
     if as_json:
         _emit_json(result.as_dict())
 

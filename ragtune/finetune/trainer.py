@@ -208,7 +208,8 @@ def make_trainer_class():
     return RecipeTrainer
 
 
-def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progress: bool, precision: str):
+def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progress: bool, precision: str,
+                       save_on_each_node: bool = False):
     """`precision`: fp32 or bf16 as decided by `precision.training_precision`."""
     import torch
     from transformers import TrainingArguments
@@ -240,6 +241,7 @@ def training_arguments(recipe, checkpoints: Path, *, has_validation: bool, progr
         save_strategy=strategy,
         **steps,
         save_total_limit=t.keep_checkpoints,
+        save_on_each_node=save_on_each_node,
         load_best_model_at_end=has_validation,
         metric_for_best_model=metric if has_validation else None,
         greater_is_better=greater if has_validation else None,
@@ -285,15 +287,19 @@ def time_budget_callbacks(recipe) -> list:
                 return control
             elapsed = time.monotonic() - self.started
             done = state.global_step - self.first_step
+            refit = None
             # re-planned after 3 steps, then at each further tenth of the budget as the estimate firms up
             if done >= 3 and (self.planned is None or elapsed / limit >= self.checked + 0.1):
                 self.checked = elapsed / limit
                 fits = min(state.max_steps, state.global_step + int((limit - elapsed) / (elapsed / done)))
                 current = self.planned or state.max_steps
-                if abs(fits - current) > 0.05 * current and fit_schedule_to(lr_scheduler, fits, state.max_steps):
-                    self.planned = fits
+                refit = fits if abs(fits - current) > 0.05 * current else None
+            refit, over = same_on_every_process(refit, elapsed > limit)
+            if refit is not None and fit_schedule_to(lr_scheduler, refit, state.max_steps):
+                self.planned = refit
+            if done >= 3:
                 self.planned = self.planned or state.max_steps
-            if elapsed > limit or (self.planned is not None and state.global_step >= self.planned):
+            if over or (self.planned is not None and state.global_step >= self.planned):
                 logger.info("training.max_minutes (%.1f) reached at step %d; stopping", recipe.training.max_minutes,
                             state.global_step)
                 control.should_training_stop = True
@@ -301,6 +307,20 @@ def time_budget_callbacks(recipe) -> list:
             return control
 
     return [TimeBudget()]
+
+
+def same_on_every_process(refit: int | None, over: bool) -> tuple[int | None, bool]:
+    """Process 0's time-budget decision on every process of a data-parallel run (each process times its
+    own steps, and one that stopped or re-planned alone would leave the others waiting for it)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return refit, over
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    decision = torch.tensor([-1 if refit is None else refit, int(over)], dtype=torch.int64, device=device)
+    dist.broadcast(decision, src=0)
+    return (None if decision[0] < 0 else int(decision[0])), bool(decision[1])
 
 
 def fit_schedule_to(scheduler, steps: int, planned: int) -> int | None:
