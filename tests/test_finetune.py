@@ -381,6 +381,40 @@ def test_a_schedule_is_refitted_to_end_where_the_budget_ends():
     assert fit_schedule_to(flat, 40, 100) is None
 
 
+def _budget_decision(rank: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from ragtune.finetune.trainer import same_on_every_process
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # each process timed its own steps and decided differently
+        queue.put((rank, same_on_every_process(40 if rank == 0 else 55, rank == 1)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_processes_share_process_zeros_time_budget_decision():
+    """Under `train --ray` every process must stop and re-plan at the same step, or the others hang."""
+    import multiprocessing
+    import socket
+
+    from ragtune.finetune.trainer import same_on_every_process
+
+    assert same_on_every_process(7, True) == (7, True)  # one process: its own decision
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_budget_decision, args=(rank, port, queue)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    decisions = dict(queue.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert decisions == {0: (40, False), 1: (40, False)}
+
+
 def test_a_time_budget_ends_training_at_a_low_learning_rate(tmp_path):
     """training.max_minutes: the cosine schedule ends with the budget, not at a high rate mid-plan."""
     from conftest import two_block_smollm2
