@@ -57,7 +57,8 @@ def stage_printer(quiet: bool):
 
 
 def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Every command's --json output (non-ASCII text kept readable)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 MODEL_OPTION = typer.Option(None, "--model", help="Registered model name, .gguf file or local model directory (default: the best installed chat model by measured answers); with --base-url, the served model's name.")

@@ -3,24 +3,18 @@ finetune/prepare.py. Only typer and rich load here, so `ragtune --help` stays fa
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..cli_shared import _emit_json, out
+
 data_app = typer.Typer(no_args_is_help=True, help="Validate and prepare fine-tuning data: chat, alpaca, sharegpt, "
                        "prompt/completion and classification (see docs/data.md).")
-out = Console()
 MAX_ROWS = 200  # problems shown in the table; --json has them all
-
-
-def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def _print_problems(problems, title: str) -> None:

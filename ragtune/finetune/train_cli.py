@@ -3,22 +3,13 @@ light here; torch and transformers load only when a command runs)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ..cli_shared import RAY_ADDRESS_OPTION, RAY_OPTION, WORKERS_OPTION, ray_settings
-
-err = Console(stderr=True)
-
-
-def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
+from ..cli_shared import RAY_ADDRESS_OPTION, RAY_OPTION, WORKERS_OPTION, _emit_json, err, ray_settings
 
 def _recipe(path: Path, threads: Optional[int], output_dir: Optional[Path]):
     from .recipe import load_recipe
