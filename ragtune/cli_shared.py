@@ -27,14 +27,40 @@ WORKERS_OPTION = typer.Option(2, "--workers", help="With --ray: workers (embeddi
 
 
 def ray_settings(ray: bool, ray_address, workers: int) -> dict:
-    """The --ray flags as keyword arguments; --ray-address or --workers without --ray is an error."""
+    """The --ray flags as keyword arguments; --ray-address or --workers without --ray is an error.
+    With --ray, what Ray's background threads print goes to stderr (see `MainThreadStdout`)."""
     from .errors import ConfigError
 
     if not ray and (ray_address or workers != 2):
         raise ConfigError("--ray-address and --workers apply to --ray; add --ray")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: use at least 1")
+    if ray and not isinstance(sys.stdout, MainThreadStdout):
+        sys.stdout = MainThreadStdout(sys.stdout, sys.stderr)
     return {"ray": ray, "ray_address": ray_address, "workers": workers}
+
+
+class MainThreadStdout:
+    """stdout for what the command itself prints (its tables, its --json result); text written from other
+    threads goes to stderr. Ray's driver prints a worker's death and the workers' output from background
+    threads, and to stdout (ray/_private/worker.py, `listen_error_messages`), which broke `--json`
+    output the moment a worker died; Ray has no setting for where those lines go."""
+
+    def __init__(self, main, other):
+        self._main, self._other = main, other
+
+    def write(self, text: str) -> int:
+        import threading
+
+        target = self._main if threading.current_thread() is threading.main_thread() else self._other
+        return target.write(text)
+
+    def flush(self) -> None:
+        self._main.flush()
+        self._other.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._main, name)
 
 
 def stage_printer(quiet: bool):

@@ -250,3 +250,40 @@ def test_the_global_batch_is_shared_by_the_workers_or_refused_with_the_fix():
     assert split(2, 4, 2) == (2, 2) and split(4, 1, 2) == (2, 1) and split(8, 3, 4) == (2, 3) and split(3, 1, 1) == (3, 1)
     with pytest.raises(ConfigError, match="training.gradient_accumulation or training.batch_size a multiple of 2"):
         split(3, 1, 2)
+
+
+@pytest.mark.slow
+def test_an_embedding_worker_killed_mid_ingest_is_replaced_and_the_result_equals_a_local_ingest(cluster, tmp_path):
+    """SIGKILL to the process of an embedding actor while a `--ray` ingest runs: Ray restarts the actor
+    and retries its batches; the knowledge base still equals a local ingest of the same files."""
+    import psutil
+
+    from conftest import RAGTUNE
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(48):
+        (docs / f"n{n:02d}.md").write_text(f"# Note {n}\n\n" + f"Note {n} is about {TOPICS[n % 8]}, part {n}. " * 30)
+    for name in ("local", "ray"):
+        run_cli("init", tmp_path / name, "--embedder", "WordLlama", "--batch-size", "4")
+    local = json.loads(run_cli("ingest", tmp_path / "local", docs, "--json").stdout)
+    process = subprocess.Popen([*RAGTUNE, "ingest", str(tmp_path / "ray"), str(docs), "--ray", "--ray-address", cluster,
+                                "--workers", "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = [], time.time() + 180
+    while not killed and process.poll() is None and time.time() < deadline:
+        for worker in psutil.process_iter(["pid", "cmdline"]):
+            if "EmbedChunks" in " ".join(worker.info["cmdline"] or []):
+                worker.kill()
+                killed.append(worker.info["pid"])
+                break
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=300)
+    assert killed, "no embedding actor was seen running"
+    assert process.returncode == 0, stderr[-3000:]
+    distributed = json.loads(stdout)  # Ray's news of the dead worker went to stderr, not into the JSON
+    for key in ("ingested", "failed", "documents_added", "chunks_added"):
+        assert distributed[key] == local[key], key
+    rows_local, vectors_local = _contents(tmp_path / "local")
+    rows_ray, vectors_ray = _contents(tmp_path / "ray")
+    assert rows_ray == rows_local and vectors_ray.keys() == vectors_local.keys()
+    assert max(float(np.abs(vectors_ray[k] - vectors_local[k]).max()) for k in vectors_local) < 1e-5
