@@ -91,3 +91,21 @@ def two_block_smollm2(folder):
     config = json.loads((source / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def codeword_run(tmp_path_factory):
+    """(run directory, data file) of a LoRA run of SmolLM2-135M-Instruct that learned test_finetune's three
+    codewords: trained once (`ragtune train`) for the tests of its loss, export, GGUF and llama.cpp, which
+    only read it."""
+    from test_finetune import write_codes, write_recipe
+
+    folder = tmp_path_factory.mktemp("codeword-run")
+    data = write_codes(folder / "codes.jsonl")
+    recipe = write_recipe(folder, name="lora", method="lora", output_dir=str(folder / "run"),
+                          data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
+                          training={"learning_rate": 3e-3, "epochs": 4, "batch_size": 4, "warmup": 0, "threads": 2,
+                                    "logging_steps": 1},
+                          lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    run_cli("train", recipe, "--json")
+    return folder / "run", data

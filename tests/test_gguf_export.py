@@ -216,21 +216,14 @@ def test_cli_exports_gguf_that_ragtune_generates_with(tmp_path, base):
 
 
 @pytest.mark.slow
-def test_a_trained_lora_run_answers_on_llamacpp(tmp_path):
-    """End to end: the codeword run of test_finetune, exported both ways, recalls on llama.cpp what
+def test_a_trained_lora_run_answers_on_llamacpp(tmp_path, codeword_run):
+    """End to end: the codeword run (conftest.py), exported both ways, recalls on llama.cpp what
     it learned, over the quantised base (adapter) and as a full F32 model."""
-    from test_finetune import write_codes, write_recipe
-
     from ragtune.generate.llamacpp import LlamaCppGenerator
 
-    write_codes(tmp_path / "codes.jsonl")
-    recipe = write_recipe(tmp_path, name="lora", method="lora", output_dir=str(tmp_path / "run"),
-                          data={"train": "codes.jsonl", "max_length": 96, "validation_share": 0},
-                          training={"learning_rate": 3e-3, "epochs": 4, "batch_size": 4, "warmup": 0, "threads": 2},
-                          lora={"r": 8, "alpha": 16, "dropout": 0.0})
-    run_cli("train", recipe)
-    run_cli("export", tmp_path / "run", "--gguf-adapter", tmp_path / "adapter.gguf")
-    run_cli("export", tmp_path / "run", "--gguf", tmp_path / "model.gguf")
+    run, _ = codeword_run
+    run_cli("export", run, "--gguf-adapter", tmp_path / "adapter.gguf")
+    run_cli("export", run, "--gguf", tmp_path / "model.gguf")
     question = [{"role": "user", "content": "What is the codeword for river?"}]
     before = LlamaCppGenerator(MODEL, threads=2, weight_format="source").generate(question, max_new_tokens=24)
     assert "falcon" not in before.text.lower()

@@ -88,17 +88,43 @@ def _contents(kb: Path) -> tuple[list, dict]:
     return rows, vectors
 
 
+def _ingest_killing_an_embedder(kb: Path, docs: Path, cluster: str) -> tuple[dict, list]:
+    """`ingest --ray` on the cluster, with SIGKILL to the first embedding actor process seen; (its JSON
+    report, the killed pids)."""
+    import psutil
+
+    from conftest import RAGTUNE
+
+    process = subprocess.Popen([*RAGTUNE, "ingest", str(kb), str(docs), "--ray", "--ray-address", cluster,
+                                "--workers", "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = [], time.time() + 180
+    while not killed and process.poll() is None and time.time() < deadline:
+        for worker in psutil.process_iter(["pid", "cmdline"]):
+            if "EmbedChunks" in " ".join(worker.info["cmdline"] or []):
+                worker.kill()
+                killed.append(worker.info["pid"])
+                break
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout), killed  # Ray's news of the dead worker went to stderr, not into the JSON
+
+
 @pytest.mark.slow
-def test_a_ray_ingest_on_two_nodes_equals_a_local_ingest(cluster, tmp_path):
+def test_a_ray_ingest_on_two_nodes_equals_a_local_ingest_even_when_an_embedding_worker_is_killed(cluster, tmp_path):
+    """SIGKILL to an embedding actor's process mid-ingest: Ray restarts it and retries its batches, and the
+    knowledge base still equals a local ingest of the same files."""
     docs = _docs(tmp_path)
+    for n in range(8, 40):  # enough chunks for several embedding batches
+        (docs / f"n{n:02d}.md").write_text(f"# Note {n}\n\n" + f"Note {n} is about {TOPICS[n % 8]}, part {n}. " * 30)
     for name in ("local", "ray"):
-        run_cli("init", tmp_path / name, "--embedder", "WordLlama")
+        run_cli("init", tmp_path / name, "--embedder", "WordLlama", "--batch-size", "4")
     local = json.loads(run_cli("ingest", tmp_path / "local", docs, "--json").stdout)
-    distributed = json.loads(run_cli("ingest", tmp_path / "ray", docs, "--ray", "--ray-address", cluster,
-                                     "--workers", "2", "--json").stdout)
+    distributed, killed = _ingest_killing_an_embedder(tmp_path / "ray", docs, cluster)
+    assert killed, "no embedding actor was seen running"
     for key in ("ingested", "skipped", "failed", "documents_added", "chunks_added"):
         assert distributed[key] == local[key], key
-    assert local["ingested"] == 9 and local["skipped"] == 1 and local["chunks_added"] > 16
+    assert local["ingested"] == 41 and local["skipped"] == 1 and local["chunks_added"] > 100
     assert distributed["warnings"] == local["warnings"]  # the broken record line, named the same way
     rows_local, vectors_local = _contents(tmp_path / "local")
     rows_ray, vectors_ray = _contents(tmp_path / "ray")
@@ -110,7 +136,7 @@ def test_a_ray_ingest_on_two_nodes_equals_a_local_ingest(cluster, tmp_path):
                 for name in ("local", "ray")]
         assert [(h["source"], h["text"]) for h in hits[0]] == [(h["source"], h["text"]) for h in hits[1]]
     again = json.loads(run_cli("ingest", tmp_path / "ray", docs, "--ray", "--ray-address", cluster, "--json").stdout)
-    assert again["unchanged"] == 9 and again["chunks_added"] == 0  # unchanged files never reach the cluster
+    assert again["unchanged"] == 41 and again["chunks_added"] == 0  # unchanged files never reach the cluster
 
 
 def test_an_unreachable_ray_address_is_a_quick_clear_error_and_changes_nothing(tmp_path):
@@ -251,39 +277,3 @@ def test_the_global_batch_is_shared_by_the_workers_or_refused_with_the_fix():
     with pytest.raises(ConfigError, match="training.gradient_accumulation or training.batch_size a multiple of 2"):
         split(3, 1, 2)
 
-
-@pytest.mark.slow
-def test_an_embedding_worker_killed_mid_ingest_is_replaced_and_the_result_equals_a_local_ingest(cluster, tmp_path):
-    """SIGKILL to the process of an embedding actor while a `--ray` ingest runs: Ray restarts the actor
-    and retries its batches; the knowledge base still equals a local ingest of the same files."""
-    import psutil
-
-    from conftest import RAGTUNE
-
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for n in range(48):
-        (docs / f"n{n:02d}.md").write_text(f"# Note {n}\n\n" + f"Note {n} is about {TOPICS[n % 8]}, part {n}. " * 30)
-    for name in ("local", "ray"):
-        run_cli("init", tmp_path / name, "--embedder", "WordLlama", "--batch-size", "4")
-    local = json.loads(run_cli("ingest", tmp_path / "local", docs, "--json").stdout)
-    process = subprocess.Popen([*RAGTUNE, "ingest", str(tmp_path / "ray"), str(docs), "--ray", "--ray-address", cluster,
-                                "--workers", "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed, deadline = [], time.time() + 180
-    while not killed and process.poll() is None and time.time() < deadline:
-        for worker in psutil.process_iter(["pid", "cmdline"]):
-            if "EmbedChunks" in " ".join(worker.info["cmdline"] or []):
-                worker.kill()
-                killed.append(worker.info["pid"])
-                break
-        time.sleep(0.05)
-    stdout, stderr = process.communicate(timeout=300)
-    assert killed, "no embedding actor was seen running"
-    assert process.returncode == 0, stderr[-3000:]
-    distributed = json.loads(stdout)  # Ray's news of the dead worker went to stderr, not into the JSON
-    for key in ("ingested", "failed", "documents_added", "chunks_added"):
-        assert distributed[key] == local[key], key
-    rows_local, vectors_local = _contents(tmp_path / "local")
-    rows_ray, vectors_ray = _contents(tmp_path / "ray")
-    assert rows_ray == rows_local and vectors_ray.keys() == vectors_local.keys()
-    assert max(float(np.abs(vectors_ray[k] - vectors_local[k]).max()) for k in vectors_local) < 1e-5
