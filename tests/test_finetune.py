@@ -21,10 +21,10 @@ CODES = {"apple": "zebra", "river": "falcon", "stone": "violet"}
 PHRASES = ("What is the codeword for {}?", "Tell me the codeword for {}.", "Codeword for {}?", "Which codeword goes with {}?")
 
 
-def write_codes(path: Path) -> Path:
+def write_codes(path: Path, codes: dict = CODES) -> Path:
     lines = [{"messages": [{"role": "user", "content": p.format(word)},
                            {"role": "assistant", "content": f"The codeword for {word} is {code}."}]}
-             for word, code in CODES.items() for p in PHRASES]
+             for word, code in codes.items() for p in PHRASES]
     random.Random(0).shuffle(lines)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path

@@ -196,17 +196,9 @@ def test_an_evaluation_fanned_out_to_two_replicas_answers_and_stores_like_a_loca
 def _codes(path: Path) -> Path:
     """16 chat examples (4 codewords x 4 phrasings): with a quarter held out, 12 train and 4 validate,
     so every global batch of 4 and the validation split evenly over 2 workers."""
-    import random
+    from test_finetune import CODES, write_codes
 
-    codes = {"apple": "zebra", "river": "falcon", "stone": "violet", "cloud": "copper"}
-    phrases = ("What is the codeword for {}?", "Tell me the codeword for {}.", "Codeword for {}?",
-               "Which codeword goes with {}?")
-    lines = [{"messages": [{"role": "user", "content": p.format(w)},
-                           {"role": "assistant", "content": f"The codeword for {w} is {c}."}]}
-             for w, c in codes.items() for p in phrases]
-    random.Random(0).shuffle(lines)
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
+    return write_codes(path, {**CODES, "cloud": "copper"})
 
 
 def _lora_recipe(folder: Path, name: str, model: Path, steps: int, **training) -> Path:

@@ -196,6 +196,8 @@ class Prepared:
 
 def prepare(recipe, warn, console) -> Prepared:
     """Tokenizer, the recipe's data read and encoded, and the model to train (the same in every process)."""
+    from transformers import set_seed
+
     from ..models.cache import resolve_model_dir
     from .modeling import build_causal_lm, build_classifier, count_parameters, load_tokenizer
     from .packing import check_packing_length
@@ -205,8 +207,6 @@ def prepare(recipe, warn, console) -> Prepared:
     train_examples, validation_examples = load_data(recipe, warn)
     train_set, validation_set, labels = _encode(recipe, tokenizer, train_examples, validation_examples, warn)
     check_packing_length(recipe, train_set.features + validation_set.features)
-    from transformers import set_seed
-
     set_seed(recipe.seed)  # new weights (LoRA's A, a classifier's head) start the same in every run and process
     model = build_classifier(recipe, model_dir, labels)[0] if recipe.is_classifier else build_causal_lm(recipe, model_dir)
     trainable, total = count_parameters(model)
