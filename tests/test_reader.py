@@ -169,9 +169,11 @@ def test_raft_reader_trains_installs_and_ask_uses_it(tmp_path):
                    "--json", "--threads", "2")
     assert json.loads(used.stdout)["protocol"] == "reader"
     assert "reading with the reader adapter" in " ".join(used.stderr.split())
-    plain = run_cli("ask", tmp_path / "kb", question, "--model", "SmolLM2-135M-Instruct", "--prompt", "grounded",
-                    "--json", "--threads", "2")
-    assert json.loads(plain.stdout)["protocol"] == "grounded" and "reader adapter" not in plain.stderr
+    from ragtune.raft.reader import reader_choice
+
+    # an explicit other prompt, or another adapter, is answered without the reader (what `ask` is given)
+    assert reader_choice(tmp_path / "kb", "SmolLM2-135M-Instruct", "grounded", None) == (None, "grounded", None)
+    assert reader_choice(tmp_path / "kb", "SmolLM2-135M-Instruct", "auto", "x.gguf") == ("x.gguf", "auto", None)
 
     # a second reader, also from questions the teacher writes over the KB: scored on the held-out
     # ones against the grounded prompt; it replaces the first, which is kept
@@ -181,7 +183,7 @@ def test_raft_reader_trains_installs_and_ask_uses_it(tmp_path):
 
     register_teacher("pairs", lambda **_: PairTeacher())
     second = train_reader(ReaderOptions(kb=tmp_path / "kb", model="SmolLM2-135M-Instruct", mix=mix, synthesize=12,
-                                        teacher="pairs", minutes=0.2, eval_share=0.3, seed=1, threads=2),
+                                        teacher="pairs", minutes=0.1, eval_share=0.1, seed=1, threads=2),
                           stage=lambda _text: nullcontext())
     assert second["trained_on"]["kb"]["questions"] == 12
     held = second["held_out"]
