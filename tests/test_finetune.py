@@ -207,10 +207,13 @@ def test_classify_minilm_learns_a_separable_task(tmp_path):
 def test_classify_puts_a_new_output_layer_on_a_causal_lm(tmp_path):
     from safetensors.torch import load_file
 
+    from conftest import two_block_smollm2
+
     write_csv(tmp_path / "train.csv", separable(8, 3))
-    recipe = write_recipe(tmp_path, name="lmcls", method="classify", model="SmolLM2-135M-Instruct",
+    model = two_block_smollm2(tmp_path / "smollm2-2-blocks")  # the head is what is checked, not the depth
+    recipe = write_recipe(tmp_path, name="lmcls", method="classify", model=str(model),
                           output_dir=str(tmp_path / "run"), data={"train": "train.csv", "max_length": 24, "validation_share": 0.25},
-                          training={"max_steps": 2, "batch_size": 4, "threads": 2}, classify={"freeze_layers": 28})
+                          training={"max_steps": 2, "batch_size": 4, "threads": 2}, classify={"freeze_layers": 1})
     result = json.loads(run_cli("train", recipe, "--json").stdout)
     assert {"eval_accuracy", "eval_macro_f1"} <= set(result["metrics"])
     assert result["data"]["trainable_parameters"] < result["data"]["total_parameters"] / 4
