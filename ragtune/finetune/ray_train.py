@@ -112,9 +112,7 @@ def train_on_ray(recipe, *, workers: int = 2, address: str | None = None, resume
         run_config=RunConfig(name=STORAGE_NAME, storage_path=str(run_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=recipe.training.keep_checkpoints + 1),
                              failure_config=FailureConfig(max_failures=MAX_FAILURES)))
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    result = trainer.fit()  # raises when the workers failed more often than FailureConfig allows
     with result.checkpoint.as_directory() as folder:
         record = json.loads((Path(folder) / FINAL_RECORD).read_text(encoding="utf-8"))
         _replace_folder(Path(folder) / "model", run_dir / "model")
@@ -187,7 +185,7 @@ def worker_loop(config: dict) -> None:
     prepared.data.update(precision=precision, memory=memory)
     trainer = build_trainer(recipe, prepared.model, prepared.tokenizer, prepared.train_set.features,
                             prepared.validation_set.features, prepared.labels, local / "checkpoints", progress=False,
-                            callbacks=[_SaveAtEnd(), RayTrainReportCallback(), _StepPrinter(console)],
+                            callbacks=[*_worker_callbacks(console), RayTrainReportCallback()],
                             precision=precision, save_on_each_node=True)
     announce_start(console, recipe, prepared, precision, f"{trainer.args.world_size} Ray workers", last)
     output = trainer.train(resume_from_checkpoint=last)
@@ -207,29 +205,22 @@ def worker_loop(config: dict) -> None:
     shutil.rmtree(local, ignore_errors=True)
 
 
-def _callback_base():
+def _worker_callbacks(console) -> list:
+    """A checkpoint at the last step too (so a finished run can be continued with more steps), and a line
+    per logging step (process 0's console; Ray shows it on the driver). Built here so that importing this
+    module does not import transformers."""
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    class SaveAtEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
+            return control
 
-
-class _SaveAtEnd(_callback_base()):
-    """A checkpoint at the last step too, so a finished run can be continued (`--resume` with more steps)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
-        return control
-
-
-class _StepPrinter(_callback_base()):
-    """A line per logging step from process 0 (Ray shows workers' output on the driver)."""
-
-    def __init__(self, console):
-        self.console = console
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, float) and "loss" in k)
+    class StepPrinter(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if isinstance(v, float) and "loss" in k)
             if shown:
-                self.console.print(f"step {state.global_step}/{state.max_steps}: {shown}", highlight=False)
+                console.print(f"step {state.global_step}/{state.max_steps}: {shown}", highlight=False)
+
+    return [SaveAtEnd(), StepPrinter()]
